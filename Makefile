@@ -1,0 +1,32 @@
+# Set-up and the project's commands. Every target creates the virtual environment on first use
+# (and again whenever setup.cfg, pyproject.toml or constraints.txt change); re-running is a no-op.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+OUT ?= out/demo
+
+.PHONY: setup demo test bench clean
+
+$(STAMP): setup.cfg pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[lava,dev]'
+	# No-deps installs: see constraints.txt and setup.cfg for why.
+	$(BIN)/python -m pip install --quiet --no-deps -c constraints.txt spikingjelly
+	$(BIN)/python -m pip install --quiet --no-deps --ignore-requires-python -c constraints.txt lava-nc
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/spikemllm demo --out $(OUT)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/python bench/neurons.py
+
+clean:
+	rm -rf $(VENV) out .pytest_cache .hypothesis

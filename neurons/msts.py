@@ -1,0 +1,227 @@
+"""MSTS: modality-specific temporal scales. Each token is encoded with its own modality's steps.
+
+Modality ids follow ``transformers``' ``mm_token_type_ids`` (0 text, 1 image, 2 video, 3 audio),
+so a processor's output can be passed straight in.
+
+Alignment: a token with fewer steps than the longest modality is padded at the *start* of the
+train. The last step then always carries the least significant spike, so one weighted
+integration over ``T_max`` steps (:func:`~spikemllm_sj.neurons.nodes.integrate`) decodes every
+token, and a TC-LIF token's padded steps are exactly the high-order steps its range never fires.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Mapping, NamedTuple, Optional, Union
+
+import torch
+from spikingjelly.activation_based import encoding
+
+from spikemllm_sj.quant import IntLevels, absmax_scale, check_finite, check_scale
+
+from .coding import SCHEMES, Scheme, SpikeCode
+from .nodes import NODE_CLASSES, integrate
+from .stats import SpikeStats, spike_statistics
+
+__all__ = ["Modality", "MSTSConfig", "MSTSEncoder", "MSTSSpikes"]
+
+
+class Modality(enum.IntEnum):
+    """Token modality, numbered as ``transformers``' ``mm_token_type_ids``."""
+
+    TEXT = 0
+    IMAGE = 1
+    VIDEO = 2
+    AUDIO = 3
+
+    @classmethod
+    def parse(cls, key: Union["Modality", int, str]) -> "Modality":
+        try:
+            if isinstance(key, str):
+                return cls[key.upper()]
+            return cls(int(key))
+        except (KeyError, ValueError, TypeError):
+            names = ", ".join(f"{m.name.lower()}={m.value}" for m in cls)
+            raise ValueError(f"unknown modality {key!r}; accepted: {names}") from None
+
+
+ModalityKey = Union[Modality, int, str]
+# The paper's aggressive setting Tv/Tt = 3/4, read as time steps: with TC-LIF, image and video
+# tokens get 16 levels (3 steps) and text tokens 32 levels (4 steps).
+DEFAULT_STEPS: dict[str, int] = {"text": 4, "image": 3, "video": 3}
+
+
+@dataclass(frozen=True)
+class MSTSConfig:
+    """Time steps per modality, given either as ``steps`` or as ``bits`` (not both).
+
+    :param steps: time steps per modality, e.g. ``{"image": 3, "text": 4}``; each must match a
+        power-of-two number of levels for ``scheme``. Default: :data:`DEFAULT_STEPS`
+        (Tv/Tt = 3/4 read as steps).
+    :param bits: quantization bits per modality instead, e.g. ``{"image": 4, "text": 5}``
+        (the other reading of Tv/Tt; with TC-LIF, ``bits - 1`` steps).
+    :param scheme: spike code of every modality: ``"tc_lif"``, ``"rate_binary"`` or
+        ``"rate_bidirectional"``.
+    :param signed: signed (symmetric) or unsigned levels.
+    """
+
+    steps: Optional[Mapping[ModalityKey, int]] = None
+    bits: Optional[Mapping[ModalityKey, int]] = None
+    scheme: Scheme = "tc_lif"
+    signed: bool = True
+    codes: Mapping[Modality, SpikeCode] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        if self.scheme not in SCHEMES:
+            raise ValueError(f"scheme must be one of {SCHEMES}, got {self.scheme!r}")
+        if self.steps is not None and self.bits is not None:
+            raise ValueError("give either steps or bits per modality, not both")
+        if self.bits is not None:
+            per_modality, make = self.bits, lambda b: SpikeCode(self.scheme, IntLevels.from_bits(b, self.signed))
+        else:
+            per_modality = DEFAULT_STEPS if self.steps is None else self.steps
+            make = lambda t: SpikeCode.from_steps(self.scheme, t, self.signed)  # noqa: E731
+        if not per_modality:
+            raise ValueError("at least one modality must be configured")
+        codes = {}
+        for key, value in per_modality.items():
+            modality = Modality.parse(key)
+            if modality in codes:
+                raise ValueError(f"modality {modality.name.lower()} is configured twice")
+            codes[modality] = make(value)
+        object.__setattr__(self, "codes", codes)
+
+    @property
+    def leak(self) -> int:
+        """Leak factor of the scheme, the same for every modality."""
+        return next(iter(self.codes.values())).leak
+
+    @property
+    def max_steps(self) -> int:
+        return max(code.steps for code in self.codes.values())
+
+    def steps_of(self, modality: ModalityKey) -> int:
+        return self.code_of(modality).steps
+
+    def code_of(self, modality: ModalityKey) -> SpikeCode:
+        modality = Modality.parse(modality)
+        if modality not in self.codes:
+            configured = ", ".join(m.name.lower() for m in self.codes)
+            raise ValueError(f"modality {modality.name.lower()} has no configured time steps (configured: {configured})")
+        return self.codes[modality]
+
+
+class MSTSSpikes(NamedTuple):
+    """Output of :class:`MSTSEncoder`.
+
+    :param spikes: ``[T_max, B, L, D]``; a token's padded steps come first and carry no spikes.
+    :param steps: ``[B, L]`` (int64) steps each token really uses (0 for masked-out tokens).
+    :param scale: ``[B, L, 1]`` quantization scale of each token.
+    :param offset: ``[B, L, 1]`` level offset of each token's code (non-zero only for signed
+        binary rate coding).
+    :param leak: the code's leak factor, shared by all modalities.
+    """
+
+    spikes: torch.Tensor
+    steps: torch.Tensor
+    scale: torch.Tensor
+    offset: torch.Tensor
+    leak: int
+
+    def decode(self) -> torch.Tensor:
+        """Decoded activations ``[B, L, D]``."""
+        return (integrate(self.spikes, self.leak) - self.offset) * self.scale
+
+    def statistics(self) -> SpikeStats:
+        """Spike counts per step; the firing rate counts only the steps each token really uses."""
+        return spike_statistics(self.spikes, int(self.steps.sum()) * self.spikes.shape[-1])
+
+
+class MSTSEncoder(encoding.StatelessEncoder):
+    """Encode activations ``[B, L, D]`` with per-token time steps chosen by modality.
+
+    Each token is quantized to its modality's levels (per-token absmax scale unless ``scale`` is
+    given) and encoded by that modality's spiking neuron. Multi-step only.
+
+    :param config: steps (or bits) per modality and the spike code.
+    """
+
+    def __init__(self, config: MSTSConfig = MSTSConfig()):
+        super().__init__(step_mode="m")
+        if not isinstance(config, MSTSConfig):
+            raise TypeError(f"config must be an MSTSConfig, got {type(config).__name__}")
+        self.config = config
+        self.nodes = torch.nn.ModuleDict(
+            {
+                m.name.lower(): NODE_CLASSES[code.scheme](code.levels.levels, **_signed_kwarg(code))
+                for m, code in config.codes.items()
+            }
+        )
+
+    def supported_step_mode(self):
+        return ("m",)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        modality_ids: torch.Tensor,
+        scale: Optional[torch.Tensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+    ) -> MSTSSpikes:
+        """
+        :param x: activations ``[B, L, D]``.
+        :param modality_ids: ``[B, L]`` integer modality of each token (``mm_token_type_ids``).
+        :param scale: quantization scale broadcastable to ``[B, L, 1]`` (``[]`` or ``[B, L, 1]``);
+            default: per-token absmax over ``D`` divided by the token's ``qmax``.
+        :param attention_mask: ``[B, L]``; tokens where it is 0 get no steps and no spikes.
+        """
+        check_finite(x)
+        if x.dim() != 3:
+            raise ValueError(f"x must have shape [B, L, D], got {tuple(x.shape)}")
+        B, L, D = x.shape
+        modality_ids = _check_token_tensor(modality_ids, (B, L), "modality_ids")
+        active = torch.ones(B, L, dtype=torch.bool, device=x.device)
+        if attention_mask is not None:
+            active = _check_token_tensor(attention_mask, (B, L), "attention_mask") != 0
+        present = {int(m) for m in torch.unique(modality_ids[active]).tolist()}
+        for m in present:
+            self.config.code_of(m)  # raises for a modality without configured steps
+        if scale is not None:
+            scale = check_scale(scale, x)
+            if scale.dim() == 3 and scale.shape[-1] != 1:
+                raise ValueError(f"scale must be per token ([B, L, 1]) or per tensor ([]), got {tuple(scale.shape)}")
+            scale = scale.expand(B, L, 1)
+
+        t_max = self.config.max_steps
+        spikes = x.new_zeros(t_max, B, L, D)
+        steps = torch.zeros(B, L, dtype=torch.int64, device=x.device)
+        token_scale = x.new_ones(B, L, 1)
+        offset = x.new_zeros(B, L, 1)
+        for m in sorted(present):
+            code = self.config.codes[Modality(m)]
+            mask = active & (modality_ids == m)
+            x_m = x[mask]
+            s_m = absmax_scale(x_m, code.levels, "token") if scale is None else scale[mask]
+            spikes[t_max - code.steps :, mask] = self.nodes[Modality(m).name.lower()].encode(x_m, s_m)
+            steps[mask] = code.steps
+            token_scale[mask] = s_m
+            offset[mask] = float(code.offset)
+        return MSTSSpikes(spikes, steps, token_scale, offset, self.config.leak)
+
+    def extra_repr(self) -> str:
+        steps = ", ".join(f"{m.name.lower()}={c.steps}" for m, c in self.config.codes.items())
+        return f"scheme={self.config.scheme}, steps=({steps})"
+
+
+def _signed_kwarg(code: SpikeCode) -> dict:
+    # BidirectionalRateNode is signed by definition and takes no `signed` argument.
+    return {} if code.scheme == "rate_bidirectional" else {"signed": code.levels.signed}
+
+
+def _check_token_tensor(t: torch.Tensor, shape: tuple[int, int], name: str) -> torch.Tensor:
+    if not torch.is_tensor(t) or t.is_floating_point() or t.is_complex():
+        raise TypeError(f"{name} must be an integer or bool tensor of shape [B, L]")
+    if tuple(t.shape) != shape:
+        raise ValueError(f"{name} must have shape {list(shape)} (the [B, L] of x), got {list(t.shape)}")
+    return t

@@ -1,0 +1,273 @@
+"""Exact spike-coding neurons (SpikingJelly ``BaseNode`` subclasses) and their decoder.
+
+One dynamics serves every code of :mod:`spikemllm_sj.neurons.coding`. The membrane ``V`` is kept
+in units of the quantization scale and is integer-valued, as in a fixed-point neuromorphic core;
+``lam`` is the code's leak factor and ``theta`` its threshold. At step ``t``, with input ``x_t``,
+scale ``s`` and ``V_{-1} = offset``::
+
+    H_t = lam * V_{t-1} + floor(x_t / s + 1/2)        charge (the half-step bias rounds to nearest)
+    S_t = [H_t >= theta] - [H_t <= -theta]            fire (ternary codes; binary ones drop the -1)
+    V_t = H_t - theta * S_t                           soft reset
+
+An activation is encoded by presenting it at the first step and nothing afterwards
+(:meth:`SpikeCodingNode.encode`). For TC-LIF, ``lam = 2`` and ``theta = 2**(T-1)``: doubling the
+membrane against a fixed threshold is the same as halving the threshold each step, so the spikes
+are the signed binary digits of the level, most significant first, and a level beyond the range
+fires at every step, which is the quantizer's clamp. A current that arrives at a later step ``t``
+enters at ``2**-t`` of the weight of the first step's.
+
+Gradients: the charge's rounding passes gradients straight through; firing uses the node's
+surrogate function, so the neurons can be fine-tuned like any SpikingJelly neuron.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from spikingjelly.activation_based import base, surrogate
+from spikingjelly.activation_based.neuron import BaseNode
+
+from spikemllm_sj.quant import IntLevels, check_finite, check_scale, round_half_up
+
+from .coding import Scheme, SpikeCode
+from .stats import SpikeStats, spike_statistics
+
+__all__ = [
+    "SpikeCodingNode",
+    "TCLIFNode",
+    "BinaryRateNode",
+    "BidirectionalRateNode",
+    "SpikeDecoder",
+    "decode",
+]
+
+
+def _inference(h: torch.Tensor) -> bool:
+    return not (torch.is_grad_enabled() and h.requires_grad)
+
+
+class SpikeCodingNode(BaseNode):
+    """Base of the exact spike coders; subclasses only choose the :class:`SpikeCode`.
+
+    :param code: the spike code (levels, steps, leak, threshold).
+    :param scale: quantization scale, a positive float or a tensor that broadcasts to the input
+        (``[]`` per tensor, ``[D]`` per channel, ``[N, ..., 1]`` per token). A ``scale=`` keyword
+        given at call time replaces it for that call (dynamic per-token scales).
+    :param surrogate_function: surrogate gradient of the firing step.
+    :param detach_reset: detach the soft reset from the graph.
+    :param step_mode: ``'s'`` (input ``[N, *]``) or ``'m'`` (input ``[T, N, *]``).
+    :param store_v_seq: keep the membrane of every step in ``v_seq``.
+    """
+
+    def __init__(
+        self,
+        code: SpikeCode,
+        scale: float | torch.Tensor = 1.0,
+        surrogate_function: surrogate.SurrogateFunctionBase = surrogate.Sigmoid(),
+        detach_reset: bool = False,
+        step_mode: str = "s",
+        store_v_seq: bool = False,
+    ):
+        if not isinstance(code, SpikeCode):
+            raise TypeError(f"code must be a SpikeCode, got {type(code).__name__}")
+        super().__init__(
+            v_threshold=float(code.threshold),
+            v_reset=None,
+            surrogate_function=surrogate_function,
+            detach_reset=detach_reset,
+            step_mode=step_mode,
+            store_v_seq=store_v_seq,
+        )
+        self.code = code
+        self.set_reset_value("v", float(code.offset))
+        self.v = float(code.offset)
+        scale = torch.as_tensor(scale, dtype=torch.get_default_dtype())
+        if not torch.isfinite(scale).all() or not (scale > 0).all():
+            raise ValueError("scale must be finite and > 0 everywhere")
+        self.register_buffer("scale", scale)
+
+    @property
+    def steps(self) -> int:
+        return self.code.steps
+
+    def extra_repr(self) -> str:
+        lv = self.code.levels
+        return (
+            f"scheme={self.code.scheme}, levels={lv.levels}, signed={lv.signed}, steps={self.steps}, "
+            f"scale_shape={tuple(self.scale.shape)}, " + super().extra_repr()
+        )
+
+    def materialize_states(self, inputs, states, step_mode):
+        x = inputs[0][0] if step_mode == "m" else inputs[0]
+        v = states[0]
+        if not torch.is_tensor(v) or v.shape != x.shape:
+            # A new input shape starts from the resting membrane, which holds the code's offset.
+            v = torch.full_like(x, float(self.code.offset))
+        elif v.dtype != x.dtype or v.device != x.device:
+            v = v.to(dtype=x.dtype, device=x.device)
+        return (v, *states[1:])
+
+    def _levels_of(self, x: torch.Tensor, scale: Optional[torch.Tensor]) -> torch.Tensor:
+        """Input current in membrane units, ``floor(x / scale + 1/2)``, with a straight-through gradient."""
+        check_finite(x)
+        u = x / check_scale(self.scale if scale is None else scale, x)
+        if not u.requires_grad:
+            return round_half_up(u)
+        return round_half_up(u.detach()) + (u - u.detach())
+
+    def _fire_and_reset(self, h: torch.Tensor, out: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fire on the charged membrane ``h`` and soft-reset it: ``(spike, membrane)``.
+
+        Without autograd, the spike is written to ``out`` (if given) and ``h``'s storage is reused
+        for the membrane: ``h`` must be a temporary of the caller.
+        """
+        theta = self.v_threshold
+        if _inference(h):
+            # heaviside(h - theta) - heaviside(-h - theta) is trunc(h / theta) limited to [-1, 1]
+            # ([0, 1] for binary spikes); theta is a power of two, so the division is exact.
+            # (Not floor: floor division turns a saturated, infinite membrane into NaN.)
+            spike = torch.div(h, theta, rounding_mode="trunc", out=out)
+            spike.clamp_(-1 if self.code.ternary else 0, 1)
+            return spike, h.sub_(spike, alpha=theta)
+        spike = self.surrogate_function(h - theta)
+        if self.code.ternary:
+            spike = spike - self.surrogate_function(-h - theta)
+        spike_d = spike.detach() if self.detach_reset else spike
+        return spike, h - theta * spike_d
+
+    def single_step_functional_forward(self, inputs, states, scale: Optional[torch.Tensor] = None):
+        h = torch.add(self._levels_of(inputs[0], scale), states[0], alpha=self.code.leak)
+        spike, v = self._fire_and_reset(h)
+        return (spike,), (v, *states[1:])
+
+    def multi_step_functional_forward(self, inputs, states, scale: Optional[torch.Tensor] = None):
+        spikes = []
+        for x in inputs[0]:
+            (spike,), states = self.single_step_functional_forward((x,), states, scale=scale)
+            spikes.append(spike)
+        return (torch.stack(spikes),), states
+
+    def encode(self, x: torch.Tensor, scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Spike train ``[T, *x.shape]`` of ``x``: the activation presented at the first step.
+
+        Pure: the module's membrane is neither read nor written.
+        """
+        leak = self.code.leak
+        h = self._levels_of(x, scale)
+        if self.code.offset:
+            h = h + leak * self.code.offset
+        inference = _inference(h)
+        spikes = h.new_empty((self.steps, *h.shape)) if inference else [None] * self.steps
+        for t in range(self.steps):
+            if t:
+                h = v if leak == 1 else v.mul_(leak) if inference else leak * v
+            spike, v = self._fire_and_reset(h, out=spikes[t] if inference else None)
+            if not inference:
+                spikes[t] = spike
+        return spikes if inference else torch.stack(spikes)
+
+    def decode(self, spikes: torch.Tensor, scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The value that ``spikes`` ``[T, N, *]`` carry, ``[N, *]`` (see :func:`decode`)."""
+        return decode(spikes, self.code, self.scale if scale is None else scale)
+
+    def statistics(self, spikes: torch.Tensor) -> SpikeStats:
+        """Spike counts per step and firing rate of a train ``[T, N, *]`` of this node."""
+        return spike_statistics(spikes)
+
+
+class TCLIFNode(SpikeCodingNode):
+    """Temporally Compressed LIF: ``L`` signed levels in ``log2(L) - 1`` steps of ternary spikes
+    weighted ``2**(T-1), ..., 2, 1`` (unsigned: ``log2(L)`` steps of binary spikes).
+
+    The membrane doubles each step against the fixed threshold ``2**(T-1)`` (leak factor 2); see
+    the module docstring for the equations.
+
+    :param levels: number of quantization levels ``L`` (a power of two).
+    :param signed: symmetric signed levels (ternary spikes) or unsigned levels (binary spikes).
+    """
+
+    def __init__(self, levels: int = 16, signed: bool = True, scale: float | torch.Tensor = 1.0, **kwargs):
+        super().__init__(SpikeCode("tc_lif", IntLevels(levels, signed)), scale, **kwargs)
+
+
+class BinaryRateNode(SpikeCodingNode):
+    """Rate-coding baseline: one spike of weight 1 per step, ``L - 1`` steps (signed: ``L - 2``
+    steps of the offset code ``q + L/2 - 1``). An integrate-and-fire neuron with soft reset."""
+
+    def __init__(self, levels: int = 16, signed: bool = True, scale: float | torch.Tensor = 1.0, **kwargs):
+        super().__init__(SpikeCode("rate_binary", IntLevels(levels, signed)), scale, **kwargs)
+
+
+class BidirectionalRateNode(SpikeCodingNode):
+    """Bidirectional rate-coding baseline (ST-BIF, SDLLM): signed spikes of weight 1 over
+    ``L/2 - 1`` steps. An integrate-and-fire neuron with two thresholds and soft reset."""
+
+    def __init__(self, levels: int = 16, scale: float | torch.Tensor = 1.0, **kwargs):
+        super().__init__(SpikeCode("rate_bidirectional", IntLevels(levels, True)), scale, **kwargs)
+
+
+NODE_CLASSES: dict[Scheme, type[SpikeCodingNode]] = {
+    "tc_lif": TCLIFNode,
+    "rate_binary": BinaryRateNode,
+    "rate_bidirectional": BidirectionalRateNode,
+}
+
+
+def integrate(spikes: torch.Tensor, leak: int) -> torch.Tensor:
+    """Weighted temporal integration of ``[T, N, *]`` spikes: ``sum_t leak**(T-1-t) * spikes[t]``.
+
+    Horner's rule (``acc = leak * acc + spikes[t]``) is what a downstream layer does: one shift
+    and one addition per step. The result is an exact integer in floating point.
+    """
+    if spikes.dim() < 1 or spikes.shape[0] < 1:
+        raise ValueError(f"spikes must have a leading time dimension of length >= 1, got shape {tuple(spikes.shape)}")
+    if leak == 1:
+        return spikes.sum(0)
+    acc = spikes[0]
+    for s in spikes[1:]:
+        acc = torch.add(s, acc, alpha=leak)
+    return acc
+
+
+def decode(
+    spikes: torch.Tensor,
+    code: SpikeCode,
+    scale: float | torch.Tensor = 1.0,
+    offset: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Decode a spike train ``[T, N, *]`` of ``code`` into values ``[N, *]``: ``(integrate - offset) * scale``.
+
+    :param offset: per-element offset replacing ``code.offset`` (the MSTS encoder passes one per token).
+    """
+    if spikes.shape[0] != code.steps:
+        raise ValueError(
+            f"spikes has {spikes.shape[0]} time steps but the code ({code.scheme}, L={code.levels.levels}) "
+            f"uses {code.steps}"
+        )
+    acc = integrate(spikes, code.leak)
+    offset = code.offset if offset is None else offset
+    if torch.is_tensor(offset) or offset:
+        acc = acc - offset
+    return acc * check_scale(scale, acc)
+
+
+class SpikeDecoder(torch.nn.Module, base.MultiStepModule):
+    """Multi-step module ``[T, N, *] -> [N, *]``: the decoding a downstream layer performs.
+
+    :param code: the spike code of the incoming train.
+    :param scale: quantization scale (replaced per call by ``scale=``).
+    """
+
+    def __init__(self, code: SpikeCode, scale: float | torch.Tensor = 1.0):
+        super().__init__()
+        if not isinstance(code, SpikeCode):
+            raise TypeError(f"code must be a SpikeCode, got {type(code).__name__}")
+        self.code = code
+        self.register_buffer("scale", torch.as_tensor(scale, dtype=torch.get_default_dtype()))
+
+    def forward(self, spikes: torch.Tensor, scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return decode(spikes, self.code, self.scale if scale is None else scale)
+
+    def extra_repr(self) -> str:
+        return f"scheme={self.code.scheme}, levels={self.code.levels.levels}, steps={self.code.steps}"

@@ -1,0 +1,33 @@
+import json
+import runpy
+from pathlib import Path
+
+from spikemllm_sj.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_demo_checks_exactness_and_writes_json(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "tc_lif" in printed and "rate_binary" in printed
+    result = json.loads((tmp_path / "neurons.json").read_text())
+    rows = {r["scheme"]: r for r in result["rows"]}
+    assert set(rows) == {"tc_lif", "rate_bidirectional", "rate_binary"}
+    assert all(r["exact"] and r["linear_exact"] for r in rows.values())
+    # 5-bit text and 4-bit image tokens: TC-LIF 4/3 steps, bidirectional 15/7, binary offset code 30/14.
+    assert (rows["tc_lif"]["steps_text"], rows["tc_lif"]["steps_image"]) == (4, 3)
+    assert (rows["rate_bidirectional"]["steps_text"], rows["rate_bidirectional"]["steps_image"]) == (15, 7)
+    assert (rows["rate_binary"]["steps_text"], rows["rate_binary"]["steps_image"]) == (30, 14)
+    assert rows["tc_lif"]["synops"] == rows["tc_lif"]["spikes"] * result["info"]["out_features"]
+    assert rows["tc_lif"]["synops"] < rows["rate_bidirectional"]["synops"] < rows["rate_binary"]["synops"]
+
+
+def test_demo_json_output(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["info"]["tokens"] == {"text": 16, "image": 16}
+
+
+def test_quickstart_example_runs(capsys):
+    runpy.run_path(str(ROOT / "examples" / "neurons_quickstart.py"), run_name="__main__")
+    assert "decoded == quantizer: True" in capsys.readouterr().out
