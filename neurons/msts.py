@@ -18,7 +18,7 @@ from typing import Mapping, NamedTuple, Optional, Union
 import torch
 from spikingjelly.activation_based import encoding
 
-from spikemllm_sj.quant import IntLevels, absmax_scale, check_finite, check_scale
+from spikemllm_sj.quant import IntLevels, absmax_scale, check_finite, check_scale, quantize
 
 from .coding import SCHEMES, Scheme, SpikeCode
 from .nodes import NODE_CLASSES, integrate
@@ -176,38 +176,58 @@ class MSTSEncoder(encoding.StatelessEncoder):
             default: per-token absmax over ``D`` divided by the token's ``qmax``.
         :param attention_mask: ``[B, L]``; tokens where it is 0 get no steps and no spikes.
         """
-        check_finite(x)
-        if x.dim() != 3:
-            raise ValueError(f"x must have shape [B, L, D], got {tuple(x.shape)}")
-        B, L, D = x.shape
-        modality_ids = _check_token_tensor(modality_ids, (B, L), "modality_ids")
-        active = torch.ones(B, L, dtype=torch.bool, device=x.device)
-        if attention_mask is not None:
-            active = _check_token_tensor(attention_mask, (B, L), "attention_mask") != 0
-        present = {int(m) for m in torch.unique(modality_ids[active]).tolist()}
-        for m in present:
-            self.config.code_of(m)  # raises for a modality without configured steps
-        if scale is not None:
-            scale = check_scale(scale, x)
-            if scale.dim() == 3 and scale.shape[-1] != 1:
-                raise ValueError(f"scale must be per token ([B, L, 1]) or per tensor ([]), got {tuple(scale.shape)}")
-            scale = scale.expand(B, L, 1)
-
+        B, L, D = _check_activations(x)
         t_max = self.config.max_steps
         spikes = x.new_zeros(t_max, B, L, D)
         steps = torch.zeros(B, L, dtype=torch.int64, device=x.device)
         token_scale = x.new_ones(B, L, 1)
         offset = x.new_zeros(B, L, 1)
-        for m in sorted(present):
-            code = self.config.codes[Modality(m)]
-            mask = active & (modality_ids == m)
-            x_m = x[mask]
-            s_m = absmax_scale(x_m, code.levels, "token") if scale is None else scale[mask]
-            spikes[t_max - code.steps :, mask] = self.nodes[Modality(m).name.lower()].encode(x_m, s_m)
+        for modality, code, mask, x_m, s_m in self._token_groups(x, modality_ids, scale, attention_mask):
+            spikes[t_max - code.steps :, mask] = self.nodes[modality.name.lower()].encode(x_m, s_m)
             steps[mask] = code.steps
             token_scale[mask] = s_m
             offset[mask] = float(code.offset)
         return MSTSSpikes(spikes, steps, token_scale, offset, self.config.leak)
+
+    def quantize(
+        self,
+        x: torch.Tensor,
+        modality_ids: torch.Tensor,
+        scale: Optional[torch.Tensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ANN twin of :meth:`forward`: the same per-token quantization without spikes.
+
+        :return: integer levels ``[B, L, D]`` (0 for masked-out tokens) and scales ``[B, L, 1]``;
+            ``levels * scale`` equals ``forward(...).decode()``.
+        """
+        _check_activations(x)
+        levels = torch.zeros_like(x)
+        token_scale = x.new_ones(*x.shape[:2], 1)
+        for _, code, mask, x_m, s_m in self._token_groups(x, modality_ids, scale, attention_mask):
+            levels[mask] = quantize(x_m, s_m, code.levels)
+            token_scale[mask] = s_m
+        return levels, token_scale
+
+    def _token_groups(self, x, modality_ids, scale, attention_mask):
+        """Per configured modality present: ``(modality, code, token mask [B, L], x [N, D], scale [N, 1])``."""
+        B, L, _ = x.shape
+        modality_ids = _check_token_tensor(modality_ids, (B, L), "modality_ids")
+        active = torch.ones(B, L, dtype=torch.bool, device=x.device)
+        if attention_mask is not None:
+            active = _check_token_tensor(attention_mask, (B, L), "attention_mask") != 0
+        present = sorted({int(m) for m in torch.unique(modality_ids[active]).tolist()})
+        codes = [self.config.code_of(m) for m in present]  # raises for a modality without steps
+        if scale is not None:
+            scale = check_scale(scale, x)
+            if scale.dim() == 3 and scale.shape[-1] != 1:
+                raise ValueError(f"scale must be per token ([B, L, 1]) or per tensor ([]), got {tuple(scale.shape)}")
+            scale = scale.expand(B, L, 1)
+        for m, code in zip(present, codes):
+            mask = active & (modality_ids == m)
+            x_m = x[mask]
+            s_m = absmax_scale(x_m, code.levels, "token") if scale is None else scale[mask]
+            yield Modality(m), code, mask, x_m, s_m
 
     def extra_repr(self) -> str:
         steps = ", ".join(f"{m.name.lower()}={c.steps}" for m, c in self.config.codes.items())
@@ -217,6 +237,13 @@ class MSTSEncoder(encoding.StatelessEncoder):
 def _signed_kwarg(code: SpikeCode) -> dict:
     # BidirectionalRateNode is signed by definition and takes no `signed` argument.
     return {} if code.scheme == "rate_bidirectional" else {"signed": code.levels.signed}
+
+
+def _check_activations(x: torch.Tensor) -> torch.Size:
+    check_finite(x)
+    if x.dim() != 3:
+        raise ValueError(f"x must have shape [B, L, D], got {tuple(x.shape)}")
+    return x.shape
 
 
 def _check_token_tensor(t: torch.Tensor, shape: tuple[int, int], name: str) -> torch.Tensor:

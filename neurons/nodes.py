@@ -113,7 +113,7 @@ class SpikeCodingNode(BaseNode):
         check_finite(x)
         u = x / check_scale(self.scale if scale is None else scale, x)
         if not u.requires_grad:
-            return round_half_up(u)
+            return round_half_up(u, inplace=True)
         return round_half_up(u.detach()) + (u - u.detach())
 
     def _fire_and_reset(self, h: torch.Tensor, out: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -155,9 +155,9 @@ class SpikeCodingNode(BaseNode):
         """
         leak = self.code.leak
         h = self._levels_of(x, scale)
-        if self.code.offset:
-            h = h + leak * self.code.offset
         inference = _inference(h)
+        if self.code.offset:
+            h = h.add_(leak * self.code.offset) if inference else h + leak * self.code.offset
         spikes = h.new_empty((self.steps, *h.shape)) if inference else [None] * self.steps
         for t in range(self.steps):
             if t:
@@ -222,11 +222,11 @@ def integrate(spikes: torch.Tensor, leak: int) -> torch.Tensor:
     """
     if spikes.dim() < 1 or spikes.shape[0] < 1:
         raise ValueError(f"spikes must have a leading time dimension of length >= 1, got shape {tuple(spikes.shape)}")
-    if leak == 1:
+    if leak == 1 or spikes.shape[0] == 1:
         return spikes.sum(0)
-    acc = spikes[0]
-    for s in spikes[1:]:
-        acc = torch.add(s, acc, alpha=leak)
+    acc = torch.add(spikes[1], spikes[0], alpha=leak)
+    for s in spikes[2:]:
+        acc.mul_(leak).add_(s)
     return acc
 
 

@@ -27,6 +27,7 @@ __all__ = [
     "quantize",
     "fake_quantize",
     "absmax_scale",
+    "scale_from_absmax",
 ]
 
 Granularity = Literal["tensor", "channel", "token"]
@@ -80,15 +81,16 @@ class IntLevels:
         return -self.qmax if self.signed else 0
 
 
-def round_half_up(x: torch.Tensor) -> torch.Tensor:
-    """``floor(x + 1/2)``, elementwise, in ``x``'s dtype."""
-    return torch.floor(x + 0.5)
+def round_half_up(x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+    """``floor(x + 1/2)``, elementwise, in ``x``'s dtype (``inplace``: overwrite ``x``)."""
+    return x.add_(0.5).floor_() if inplace else torch.floor(x + 0.5)
 
 
 def check_finite(x: torch.Tensor, name: str = "x") -> None:
     if not torch.is_tensor(x) or not torch.is_floating_point(x):
         raise TypeError(f"{name} must be a floating-point tensor")
-    if not torch.isfinite(x).all():
+    # min and max propagate NaN and show infinities: one reading pass, no mask tensor.
+    if x.numel() and not torch.isfinite(torch.stack(torch.aminmax(x.detach()))).all():
         raise ValueError(f"{name} contains NaN or infinite values")
 
 
@@ -110,7 +112,7 @@ def quantize(x: torch.Tensor, scale: torch.Tensor | float, levels: IntLevels) ->
     """Integer levels ``clamp(floor(x / scale + 1/2), qmin, qmax)`` (integer-valued, ``x``'s dtype)."""
     check_finite(x)
     scale = check_scale(scale, x)
-    return torch.clamp(round_half_up(x / scale), levels.qmin, levels.qmax)
+    return round_half_up(x / scale, inplace=True).clamp_(levels.qmin, levels.qmax)
 
 
 def fake_quantize(x: torch.Tensor, scale: torch.Tensor | float, levels: IntLevels) -> torch.Tensor:
@@ -135,4 +137,9 @@ def absmax_scale(x: torch.Tensor, levels: IntLevels, granularity: Granularity = 
         amax = a.reshape(-1, a.shape[-1]).amax(0)
     else:
         amax = a.amax(-1, keepdim=True)
+    return scale_from_absmax(amax, levels)
+
+
+def scale_from_absmax(amax: torch.Tensor, levels: IntLevels) -> torch.Tensor:
+    """``amax / qmax``, and 1 where ``amax`` is zero (an all-zero slice: any scale encodes it exactly)."""
     return torch.where(amax > 0, amax / levels.qmax, torch.ones_like(amax))

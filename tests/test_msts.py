@@ -164,3 +164,15 @@ def test_bad_inputs():
         enc(x, ids, scale=torch.zeros(2, 9, 1))
     with pytest.raises(ValueError, match="per token"):
         enc(x, ids, scale=torch.ones(2, 9, 12))
+
+
+def test_quantize_is_the_ann_twin_of_the_spikes():
+    x, ids = mixed_batch(6)
+    mask = torch.ones_like(ids)
+    mask[0, :2] = 0
+    enc = MSTSEncoder()
+    levels, scale = enc.quantize(x, ids, attention_mask=mask)
+    out = enc(x, ids, attention_mask=mask)
+    assert torch.equal(levels * scale, out.decode())
+    assert torch.equal(scale, out.scale)
+    assert torch.equal(levels[mask.bool()] * scale[mask.bool()], per_token_reference(x, ids, {0: 32, 1: 16, 2: 16})[mask.bool()])

@@ -1,0 +1,78 @@
+"""Where each supported MLLM keeps its vision tower, projector, language model and image tokens.
+
+Adding a model family is adding one :class:`ModelAdapter` with :func:`register_adapter`; the
+converter itself does not change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch.nn as nn
+
+from spikemllm_sj.neurons import Modality
+
+__all__ = ["ModelAdapter", "register_adapter", "adapter_for", "supported_models"]
+
+
+@dataclass(frozen=True)
+class ModelAdapter:
+    """Module paths (as for ``model.get_submodule``) of one ``*ForConditionalGeneration`` class.
+
+    :param model_class: the ``transformers`` class name.
+    :param vision: the vision tower.
+    :param projector: the vision-to-language projector, or None where it sits inside the vision
+        tower (Qwen2-VL's patch merger).
+    :param language_model: the decoder stack (embeddings excluded from conversion).
+    :param lm_head: the output head.
+    :param token_id_attrs: config attribute holding the placeholder token id of each visual modality.
+    """
+
+    model_class: str
+    vision: str
+    projector: Optional[str]
+    language_model: str
+    lm_head: str = "lm_head"
+    token_id_attrs: tuple[tuple[Modality, str], ...] = ((Modality.IMAGE, "image_token_id"),)
+
+    def visual_token_ids(self, model: nn.Module) -> dict[Modality, int]:
+        ids = {}
+        for modality, attr in self.token_id_attrs:
+            value = getattr(model.config, attr, None)
+            if value is None:
+                raise ValueError(f"{self.model_class} config has no {attr}: cannot tell {modality.name.lower()} tokens apart")
+            ids[modality] = int(value)
+        return ids
+
+
+_ADAPTERS: dict[str, ModelAdapter] = {}
+
+
+def register_adapter(adapter: ModelAdapter) -> ModelAdapter:
+    if adapter.model_class in _ADAPTERS:
+        raise ValueError(f"an adapter for {adapter.model_class} is already registered")
+    _ADAPTERS[adapter.model_class] = adapter
+    return adapter
+
+
+def supported_models() -> tuple[str, ...]:
+    return tuple(sorted(_ADAPTERS))
+
+
+def adapter_for(model: nn.Module) -> ModelAdapter:
+    for cls in type(model).__mro__:
+        if cls.__name__ in _ADAPTERS:
+            return _ADAPTERS[cls.__name__]
+    raise ValueError(
+        f"{type(model).__name__} is not a supported model; supported: {', '.join(supported_models())}"
+    )
+
+
+_IMAGE_AND_VIDEO = ((Modality.IMAGE, "image_token_id"), (Modality.VIDEO, "video_token_id"))
+
+register_adapter(ModelAdapter("Qwen2VLForConditionalGeneration", "model.visual", None, "model.language_model", token_id_attrs=_IMAGE_AND_VIDEO))
+register_adapter(ModelAdapter("Qwen2_5_VLForConditionalGeneration", "model.visual", None, "model.language_model", token_id_attrs=_IMAGE_AND_VIDEO))
+register_adapter(ModelAdapter("LlavaForConditionalGeneration", "model.vision_tower", "model.multi_modal_projector", "model.language_model"))
+register_adapter(ModelAdapter("LlavaOnevisionForConditionalGeneration", "model.vision_tower", "model.multi_modal_projector", "model.language_model", token_id_attrs=_IMAGE_AND_VIDEO))
+register_adapter(ModelAdapter("InternVLForConditionalGeneration", "model.vision_tower", "model.multi_modal_projector", "model.language_model"))

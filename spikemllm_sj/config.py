@@ -1,0 +1,62 @@
+"""``SpikeConfig``: what ``convert`` does to a model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from spikemllm_sj.neurons import MSTSConfig, SpikeCode
+from spikemllm_sj.quant import IntLevels
+
+__all__ = ["SpikeConfig"]
+
+
+def _check_bits(name: str, value: int, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValueError(f"{name} must be an int in [{low}, {high}], got {value!r}")
+
+
+@dataclass(frozen=True)
+class SpikeConfig:
+    """Spike-driven conversion settings.
+
+    Activations: every ``nn.Linear`` input and the attention query are spike trains whose levels
+    and steps come from ``msts``: language-model tokens by modality (image tokens Tv, text tokens
+    Tt), the vision tower and the projector with the image modality's code (Tv). Their scales are
+    dynamic, per token (absmax).
+
+    :param msts: time steps (or bits) per modality and the spike code.
+    :param weight_bits: symmetric per-output-channel round-to-nearest weight quantization.
+    :param kv_bits: keys (per token and head) and values (per channel and head), signed levels,
+        the integer operands of the spike-driven attention matmuls.
+    :param prob_bits: attention probabilities, unsigned levels with the fixed scale
+        ``1 / (2**prob_bits - 1)``, encoded as binary TC-LIF spikes (``prob_bits`` steps).
+    :param convert_lm_head: also make the output head spike-driven (default: it stays in the
+        model's precision, as do the embeddings).
+    """
+
+    msts: MSTSConfig = field(default_factory=MSTSConfig)
+    weight_bits: int = 8
+    kv_bits: int = 8
+    prob_bits: int = 8
+    convert_lm_head: bool = False
+
+    def __post_init__(self):
+        if not isinstance(self.msts, MSTSConfig):
+            raise TypeError(f"msts must be an MSTSConfig, got {type(self.msts).__name__}")
+        _check_bits("weight_bits", self.weight_bits, 2, 16)
+        _check_bits("kv_bits", self.kv_bits, 2, 16)
+        _check_bits("prob_bits", self.prob_bits, 1, 16)
+        if not isinstance(self.convert_lm_head, bool):
+            raise TypeError("convert_lm_head must be a bool")
+
+    @property
+    def weight_levels(self) -> IntLevels:
+        return IntLevels.from_bits(self.weight_bits)
+
+    @property
+    def kv_levels(self) -> IntLevels:
+        return IntLevels.from_bits(self.kv_bits)
+
+    @property
+    def prob_code(self) -> SpikeCode:
+        return SpikeCode("tc_lif", IntLevels.from_bits(self.prob_bits, signed=False))

@@ -1,0 +1,157 @@
+"""``convert(model, SpikeConfig(...))``: a supported MLLM made spike-driven, in place.
+
+The conversion is a SpikingJelly ``ModuleConversionRecipe`` run by ``ann2snn.ModuleConverter``
+(which owns device placement, ``no_grad`` and training-mode bookkeeping); the recipe owns the
+model knowledge, through the family's :class:`~spikemllm_sj.adapters.ModelAdapter`:
+
+* every ``nn.Linear`` of the vision tower, the projector and the language model becomes a
+  :class:`~spikemllm_sj.modules.SpikeLinear` (vision tower and projector: image steps Tv; the
+  language model: each token's own modality, MSTS);
+* every attention module gets a :class:`~spikemllm_sj.modules.SpikeAttention` and the model the
+  ``"spikemllm"`` attention implementation;
+* a forward pre-hook tells the language model each token's modality, from ``input_ids`` (the
+  family's image/video placeholder ids) or ``mm_token_type_ids``.
+
+All replacement modules are built before any is swapped in, so a failure leaves the model as it
+was. The float weights of converted layers are released as their integer copies take their place.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn as nn
+from spikingjelly.activation_based.ann2snn import ModuleConverter
+from spikingjelly.activation_based.ann2snn.recipes import ModuleConversionRecipe
+from torch.utils.hooks import RemovableHandle
+
+from spikemllm_sj.adapters import ModelAdapter, adapter_for
+from spikemllm_sj.attention import ATTN_IMPLEMENTATION, register_attention
+from spikemllm_sj.config import SpikeConfig
+from spikemllm_sj.modules import MODES, FixedModality, Mode, SpikeAttention, SpikeLinear, TokenModalities, _SpikeSite
+from spikemllm_sj.neurons import Modality
+
+__all__ = ["SpikeState", "SpikeMLLMRecipe", "convert", "set_mode", "spike_state"]
+
+_STATE_ATTR = "spikemllm_state"
+
+
+@dataclass
+class SpikeState:
+    """What ``convert`` attached to a model (``model.spikemllm_state``)."""
+
+    config: SpikeConfig
+    adapter: ModelAdapter
+    token_modalities: TokenModalities
+    hook: RemovableHandle
+
+
+def spike_state(model: nn.Module) -> SpikeState:
+    state = getattr(model, _STATE_ATTR, None)
+    if state is None:
+        raise ValueError(f"{type(model).__name__} has not been converted by spikemllm_sj.convert")
+    return state
+
+
+def _is_attention(module: nn.Module) -> bool:
+    # transformers' attention modules carry `is_causal` and a softmax scale, and own projections.
+    return (
+        hasattr(module, "is_causal")
+        and (hasattr(module, "scaling") or hasattr(module, "scale"))
+        and any(isinstance(child, nn.Linear) for child in module.children())
+    )
+
+
+class _LastTokens:
+    """The modalities of the last ``length`` tokens: the output head may see only those."""
+
+    def __init__(self, source: TokenModalities):
+        self.source = source
+
+    def __call__(self, batch: int, length: int) -> torch.Tensor:
+        ids = self.source.ids
+        if ids is None or ids.shape[0] != batch or ids.shape[1] < length:
+            return self.source(batch, length)  # raises with the shapes
+        return ids[:, ids.shape[1] - length :]
+
+
+def _set_token_modalities(visual_ids: dict[Modality, int], modalities: TokenModalities, module, args, kwargs):
+    input_ids = kwargs.get("input_ids", args[0] if args else None)
+    if input_ids is not None:
+        ids = torch.zeros_like(input_ids)
+        for modality, token_id in visual_ids.items():
+            ids[input_ids == token_id] = int(modality)
+    elif kwargs.get("mm_token_type_ids") is not None:
+        ids = kwargs["mm_token_type_ids"]
+    else:
+        raise ValueError(
+            "a spike-driven model needs input_ids or mm_token_type_ids to know each token's modality"
+        )
+    modalities.ids = ids.long()
+
+
+class SpikeMLLMRecipe(ModuleConversionRecipe):
+    """SpikingJelly conversion recipe for the supported MLLMs (see the module docstring)."""
+
+    def __init__(self, config: SpikeConfig):
+        if not isinstance(config, SpikeConfig):
+            raise TypeError(f"config must be a SpikeConfig, got {type(config).__name__}")
+        self.config = config
+
+    def convert_module(self, converter: ModuleConverter, model: nn.Module) -> nn.Module:
+        adapter = adapter_for(model)
+        if getattr(model, _STATE_ATTR, None) is not None:
+            raise ValueError("the model is already converted")
+        if any(m.training for m in model.modules()):
+            raise ValueError("the model is in training mode: call model.eval() before converting")
+        visual_ids = adapter.visual_token_ids(model)
+        cfg = self.config
+        modalities = TokenModalities()
+        image = FixedModality(Modality.IMAGE)
+        sections = [(adapter.vision, image), (adapter.projector, image), (adapter.language_model, modalities)]
+
+        swaps: list[tuple[nn.Module, str, nn.Module]] = []
+        for path, source in sections:
+            if path is None:
+                continue
+            root = model.get_submodule(path)
+            for name, module in root.named_modules():
+                if isinstance(module, nn.Linear):
+                    parent_name, _, attr = name.rpartition(".")
+                    parent = root.get_submodule(parent_name) if parent_name else root
+                    swaps.append((parent, attr, SpikeLinear(module, cfg.msts, cfg.weight_levels, source)))
+                elif _is_attention(module):
+                    swaps.append((module, "spike_attention", SpikeAttention(cfg.msts, cfg.kv_levels, cfg.prob_code.levels, source)))
+        if cfg.convert_lm_head:
+            parent_name, _, attr = adapter.lm_head.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            head = getattr(parent, attr)
+            swaps.append((parent, attr, SpikeLinear(head, cfg.msts, cfg.weight_levels, _LastTokens(modalities))))
+
+        register_attention()
+        for parent, attr, replacement in swaps:
+            setattr(parent, attr, replacement)
+        model.set_attn_implementation(ATTN_IMPLEMENTATION)
+        hook = model.register_forward_pre_hook(
+            functools.partial(_set_token_modalities, visual_ids, modalities), with_kwargs=True
+        )
+        setattr(model, _STATE_ATTR, SpikeState(cfg, adapter, modalities, hook))
+        return model
+
+
+def convert(model: nn.Module, config: Optional[SpikeConfig] = None) -> nn.Module:
+    """Make ``model`` spike-driven in place and return it (see the module docstring)."""
+    return ModuleConverter(SpikeMLLMRecipe(config or SpikeConfig())).convert(model)
+
+
+def set_mode(model: nn.Module, mode: Mode) -> None:
+    """Run a converted model spike-driven (``"spike"``) or as its quantized ANN twin (``"fake_quant"``)."""
+    spike_state(model)
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    for module in model.modules():
+        if isinstance(module, _SpikeSite):
+            module.set_mode(mode)

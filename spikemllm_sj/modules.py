@@ -1,0 +1,177 @@
+"""Spike-driven replacements for a model's linear layers and attention matmuls.
+
+Each module runs in one of two modes that compute the same numbers:
+
+* ``"spike"``: activations become MSTS spike trains, and the layer accumulates integer weights
+  selected by the spikes (:func:`~spikemllm_sj.spike_ops.spike_matmul`);
+* ``"fake_quant"``: the quantized ANN twin, the same integer levels multiplied directly.
+
+Integer accumulations are exact in both (see :func:`~spikemllm_sj.spike_ops.exact_dtype`), and the
+rescaling that follows is the same code, so the two modes agree bit for bit.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Literal, Optional
+
+import torch
+import torch.nn as nn
+
+from spikemllm_sj.neurons import Modality, MSTSConfig, MSTSEncoder, TCLIFNode
+from spikemllm_sj.quant import IntLevels, absmax_scale, quantize, scale_from_absmax
+from spikemllm_sj.spike_ops import exact_dtype, spike_matmul
+
+__all__ = ["Mode", "MODES", "TokenModalities", "FixedModality", "SpikeLinear", "SpikeAttention"]
+
+Mode = Literal["spike", "fake_quant"]
+MODES = ("spike", "fake_quant")
+
+
+class TokenModalities:
+    """Modality of each token of the language model's current input, ``[B, L]``.
+
+    Set before every forward of the converted model (from ``input_ids`` or ``mm_token_type_ids``)
+    and read by the spike-driven sites of the language model.
+    """
+
+    def __init__(self):
+        self.ids: Optional[torch.Tensor] = None
+
+    def __call__(self, batch: int, length: int) -> torch.Tensor:
+        if self.ids is None:
+            raise RuntimeError("token modalities are unknown: call the converted model itself, not its submodules")
+        if tuple(self.ids.shape) != (batch, length):
+            raise RuntimeError(
+                f"token modalities have shape {tuple(self.ids.shape)} but the language model sees "
+                f"[{batch}, {length}] tokens"
+            )
+        return self.ids
+
+
+class FixedModality:
+    """Every token has the same modality (the vision tower and the projector: image)."""
+
+    def __init__(self, modality: Modality):
+        self.modality = Modality(modality)
+
+    def __call__(self, batch: int, length: int) -> torch.Tensor:
+        return torch.full((batch, length), int(self.modality), dtype=torch.long)
+
+
+ModalitySource = Callable[[int, int], torch.Tensor]
+
+
+class _SpikeSite(nn.Module):
+    """Shared plumbing: the MSTS encoder of one activation site, its modality source and mode."""
+
+    def __init__(self, msts: MSTSConfig, modality: ModalitySource):
+        super().__init__()
+        self.encoder = MSTSEncoder(msts)
+        self.modality = modality
+        self.mode: Mode = "spike"
+
+    def set_mode(self, mode: Mode) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        self.mode = mode
+
+    def _levels_dot(
+        self, x3: torch.Tensor, ids: torch.Tensor, other: torch.Tensor, other_qmax: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Integer product of ``x3``'s levels ``[B, L, K]`` (token modalities ``ids`` ``[B, L]``)
+        with integer ``other`` ``[..., K, N]``.
+
+        :return: the exact integer accumulation ``[B, L, N]`` and the per-token scale ``[B, L, 1]``.
+        """
+        K = x3.shape[-1]
+        ids = ids.to(x3.device)
+        qmax = max(code.levels.qmax + code.offset for code in self.encoder.config.codes.values())
+        dtype = exact_dtype(float(qmax) * other_qmax * K, x3.dtype)
+        other = other.to(dtype)
+        if self.mode == "spike":
+            out = self.encoder(x3, ids)
+            acc = spike_matmul(out.spikes.to(dtype), other, out.leak)
+            if out.offset.any():
+                acc = acc - out.offset.to(dtype) * other.sum(-2, keepdim=True)
+            return acc, out.scale
+        levels, scale = self.encoder.quantize(x3, ids)
+        return torch.matmul(levels.to(dtype), other), scale
+
+
+class SpikeLinear(_SpikeSite):
+    """``nn.Linear`` with spike-coded input and integer weights: ``[..., in] -> [..., out]``.
+
+    Weights are quantized per output channel (symmetric round-to-nearest); the input per token,
+    with its modality's levels (MSTS).
+    """
+
+    def __init__(self, linear: nn.Linear, msts: MSTSConfig, weight_levels: IntLevels, modality: ModalitySource):
+        super().__init__(msts, modality)
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        weight = linear.weight.detach()
+        scale = absmax_scale(weight, weight_levels, "token")  # one scale per output row
+        qweight = quantize(weight.float(), scale.float(), weight_levels)
+        storage = torch.int8 if weight_levels.bits <= 8 else torch.int16 if weight_levels.bits <= 16 else torch.int32
+        self.register_buffer("qweight", qweight.to(storage))
+        self.register_buffer("weight_scale", scale.reshape(1, -1).to(weight.dtype))
+        self.weight_levels = weight_levels
+        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"input has {x.shape[-1]} features, the layer expects {self.in_features}")
+        x3 = x.reshape(-1, x.shape[-2], x.shape[-1]) if x.dim() >= 3 else x.reshape(1, -1, x.shape[-1])
+        ids = self.modality(*x3.shape[:2])
+        acc, scale = self._levels_dot(x3, ids, self.qweight.T, self.weight_levels.qmax)
+        y = (acc * scale.to(acc.dtype) * self.weight_scale.to(acc.dtype)).to(x.dtype)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"weight_bits={self.weight_levels.bits}, mode={self.mode}"
+        )
+
+
+class SpikeAttention(_SpikeSite):
+    """The two matmuls of attention with spike-coded operands, attached to an attention module.
+
+    Scores: the query is an MSTS spike train (per token and head), keys are integer levels (per
+    token and head). Context: the softmax probabilities are binary TC-LIF spikes (unsigned levels,
+    fixed scale), values are integer levels (per channel and head). Softmax runs on decoded values.
+    """
+
+    def __init__(self, msts: MSTSConfig, kv_levels: IntLevels, prob_levels: IntLevels, modality: ModalitySource):
+        super().__init__(msts, modality)
+        if prob_levels.signed:
+            raise ValueError("prob_levels must be unsigned (probabilities are non-negative)")
+        self.kv_levels = kv_levels
+        self.prob = TCLIFNode(prob_levels.levels, signed=False, scale=1.0 / prob_levels.qmax)
+
+    def scores(self, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+        """``query @ key^T`` for ``[B, H, L, d] x [B, H, S, d] -> [B, H, L, S]`` (unscaled)."""
+        B, H, L, d = query.shape
+        k_scale = absmax_scale(key, self.kv_levels, "token")  # [B, H, S, 1]
+        k_levels = quantize(key, k_scale, self.kv_levels)
+        ids = self.modality(B, L).repeat_interleave(H, dim=0)  # every head of a token has its modality
+        k_t = k_levels.reshape(B * H, -1, d).transpose(1, 2)
+        acc, q_scale = self._levels_dot(query.reshape(B * H, L, d), ids, k_t, self.kv_levels.qmax)
+        scores = acc * q_scale.to(acc.dtype) * k_scale.reshape(B * H, 1, -1).to(acc.dtype)
+        return scores.reshape(B, H, L, -1).to(query.dtype)
+
+    def context(self, probs: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        """``probs @ value`` for ``[B, H, L, S] x [B, H, S, d] -> [B, H, L, d]``."""
+        v_scale = scale_from_absmax(value.detach().abs().amax(-2, keepdim=True), self.kv_levels)  # [B, H, 1, d]
+        v_levels = quantize(value, v_scale, self.kv_levels)
+        p_levels = self.prob.code.levels
+        dtype = exact_dtype(float(p_levels.qmax) * self.kv_levels.qmax * probs.shape[-1], value.dtype)
+        if self.mode == "spike":
+            acc = spike_matmul(self.prob.encode(probs).to(dtype), v_levels.to(dtype), self.prob.code.leak)
+        else:
+            acc = torch.matmul(quantize(probs, self.prob.scale, p_levels).to(dtype), v_levels.to(dtype))
+        return (acc * self.prob.scale.to(dtype) * v_scale.to(dtype)).to(value.dtype)
+
+    def extra_repr(self) -> str:
+        return f"kv_bits={self.kv_levels.bits}, prob_bits={self.prob.code.levels.bits}, mode={self.mode}"

@@ -1,0 +1,155 @@
+import pytest
+import torch
+import torch.nn as nn
+from reference import reference_levels
+
+from spikemllm_sj import SpikeConfig, convert, set_mode, supported_models
+from spikemllm_sj.converter import spike_state
+from spikemllm_sj.modules import FixedModality, SpikeLinear
+from spikemllm_sj.neurons import Modality, MSTSConfig, MSTSSpikes
+from spikemllm_sj.quant import IntLevels
+from spikemllm_sj.tiny import TINY_MODELS, build_tiny_model, tiny_batch, visual_token_ids
+
+
+@pytest.fixture(scope="module", params=TINY_MODELS)
+def converted(request):
+    """(name, fp32 logits, converted model, batch) for each tiny family."""
+    model = build_tiny_model(request.param)
+    batch = tiny_batch(model, batch_size=2, padding=True)
+    with torch.no_grad():
+        fp32 = model(**batch).logits
+    return request.param, fp32, convert(model, SpikeConfig()), batch
+
+
+def logits(model, batch, mode):
+    set_mode(model, mode)
+    try:
+        with torch.no_grad():
+            return model(**batch).logits
+    finally:
+        set_mode(model, "spike")
+
+
+def test_spiking_model_equals_its_fake_quant_twin(converted):
+    name, fp32, snn, batch = converted
+    spike = logits(snn, batch, "spike")
+    assert spike.shape == fp32.shape and torch.isfinite(spike).all()
+    # Integer accumulations are exact in both modes and rescaled by the same code: bit for bit.
+    assert torch.equal(spike, logits(snn, batch, "fake_quant"))
+    # Reported, not asserted (random weights): fidelity to FP32.
+    cos = torch.nn.functional.cosine_similarity(spike.flatten(), fp32.flatten(), dim=0)
+    print(f"{name}: logit cosine to FP32 {cos:.4f}")
+
+
+def test_every_linear_of_vision_projector_and_language_model_is_spike_driven(converted):
+    name, _, snn, _ = converted
+    state = spike_state(snn)
+    for path in (state.adapter.vision, state.adapter.projector, state.adapter.language_model):
+        if path is None:
+            continue
+        plain = [n for n, m in snn.get_submodule(path).named_modules() if type(m) is nn.Linear]
+        assert plain == [], f"{name}: {path} still has float linear layers {plain}"
+    assert type(snn.get_submodule(state.adapter.lm_head)) is nn.Linear  # stays in model precision
+    attention = [m for m in snn.modules() if hasattr(m, "spike_attention")]
+    assert attention, f"{name}: no attention module was given spike-driven matmuls"
+
+
+def test_tokens_get_their_modalitys_steps(converted):
+    name, _, snn, batch = converted
+    state = spike_state(snn)
+    lm_site = next(m for m in snn.get_submodule(state.adapter.language_model).modules() if isinstance(m, SpikeLinear))
+    vision_site = next(m for m in snn.get_submodule(state.adapter.vision).modules() if isinstance(m, SpikeLinear))
+    seen = {}
+
+    def capture(key):
+        return lambda module, args, out: seen.setdefault(key, out)
+
+    handles = [lm_site.encoder.register_forward_hook(capture("lm")), vision_site.encoder.register_forward_hook(capture("vision"))]
+    try:
+        with torch.no_grad():
+            snn(**batch)
+    finally:
+        for h in handles:
+            h.remove()
+    image_id = visual_token_ids(snn)["image"]
+    lm: MSTSSpikes = seen["lm"]
+    want = torch.where(batch["input_ids"] == image_id, 3, 4)
+    assert torch.equal(lm.steps, want), name
+    assert (seen["vision"].steps == 3).all()
+
+
+def test_generate_with_kv_cache_matches_the_twin(converted):
+    name, _, snn, batch = converted
+    outputs = {}
+    for mode in ("spike", "fake_quant"):
+        set_mode(snn, mode)
+        outputs[mode] = snn.generate(**batch, max_new_tokens=3, do_sample=False)
+    set_mode(snn, "spike")
+    assert outputs["spike"].shape[1] == batch["input_ids"].shape[1] + 3
+    assert torch.equal(outputs["spike"], outputs["fake_quant"]), name
+
+
+def test_rate_coded_variant_gives_the_same_logits_with_more_steps():
+    bits = {"text": 5, "image": 4, "video": 4}
+    results = {}
+    for scheme in ("tc_lif", "rate_bidirectional"):
+        model = build_tiny_model("tiny-llava")
+        batch = tiny_batch(model, batch_size=1, padding=False)
+        with torch.no_grad():
+            results[scheme] = convert(model, SpikeConfig(msts=MSTSConfig(bits=bits, scheme=scheme)))(**batch).logits
+    assert torch.equal(results["tc_lif"], results["rate_bidirectional"])
+
+
+def test_spike_linear_against_an_independent_reference():
+    g = torch.Generator().manual_seed(0)
+    linear = nn.Linear(24, 10)
+    x = torch.randn(3, 5, 24, generator=g) * 4
+    site = SpikeLinear(linear, MSTSConfig(), IntLevels(256), FixedModality(Modality.TEXT))
+    w = linear.weight.detach()
+    w_scale = w.abs().amax(1, keepdim=True) / 127
+    x_scale = x.abs().amax(-1, keepdim=True) / 15  # text tokens: 32 levels
+    acc = reference_levels(x, x_scale, 32, True).double() @ reference_levels(w, w_scale, 256, True).double().T
+    want = acc * x_scale.double() * w_scale.double().T + linear.bias.detach().double()
+    with torch.no_grad():
+        got = site(x)
+    torch.testing.assert_close(got.double(), want, rtol=1e-6, atol=1e-6)
+
+
+# Bad input.
+
+
+def test_unsupported_model_lists_the_supported_ones():
+    with pytest.raises(ValueError, match="not a supported model; supported: .*LlavaForConditionalGeneration"):
+        convert(nn.Sequential(nn.Linear(4, 4)).eval())
+    assert "Qwen2VLForConditionalGeneration" in supported_models()
+
+
+def test_training_mode_is_refused_and_the_model_is_untouched():
+    model = build_tiny_model("tiny-llava").train()
+    with pytest.raises(ValueError, match="training mode"):
+        convert(model)
+    assert not any(isinstance(m, SpikeLinear) for m in model.modules())
+    assert model.training
+
+
+def test_converting_twice_is_refused():
+    model = convert(build_tiny_model("tiny-llava"))
+    with pytest.raises(ValueError, match="already converted"):
+        convert(model)
+
+
+def test_non_finite_inputs_are_refused():
+    model = convert(build_tiny_model("tiny-llava"))
+    batch = tiny_batch(model, batch_size=1, padding=False)
+    batch["pixel_values"] = batch["pixel_values"].clone()
+    batch["pixel_values"].view(-1)[0] = float("nan")
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        with torch.no_grad():
+            model(**batch)
+
+
+def test_set_mode_checks_its_arguments():
+    with pytest.raises(ValueError, match="has not been converted"):
+        set_mode(build_tiny_model("tiny-llava"), "spike")
+    with pytest.raises(ValueError, match="mode must be one of"):
+        set_mode(convert(build_tiny_model("tiny-llava")), "ann")
