@@ -21,7 +21,7 @@ class ModelAdapter:
     """Module paths (as for ``model.get_submodule``) of one ``*ForConditionalGeneration`` class.
 
     :param model_class: the ``transformers`` class name.
-    :param vision: the vision tower.
+    :param vision: the vision tower, or None for a text-only model.
     :param projector: the vision-to-language projector, or None where it sits inside the vision
         tower (Qwen2-VL's patch merger).
     :param language_model: the decoder stack (embeddings excluded from conversion).
@@ -30,7 +30,7 @@ class ModelAdapter:
     """
 
     model_class: str
-    vision: str
+    vision: Optional[str]
     projector: Optional[str]
     language_model: str
     lm_head: str = "lm_head"
@@ -76,3 +76,5 @@ register_adapter(ModelAdapter("Qwen2_5_VLForConditionalGeneration", "model.visua
 register_adapter(ModelAdapter("LlavaForConditionalGeneration", "model.vision_tower", "model.multi_modal_projector", "model.language_model"))
 register_adapter(ModelAdapter("LlavaOnevisionForConditionalGeneration", "model.vision_tower", "model.multi_modal_projector", "model.language_model", token_id_attrs=_IMAGE_AND_VIDEO))
 register_adapter(ModelAdapter("InternVLForConditionalGeneration", "model.vision_tower", "model.multi_modal_projector", "model.language_model"))
+# Text-only Qwen2, for comparison with SpikingJelly's own Qwen2 recipe: every token is text.
+register_adapter(ModelAdapter("Qwen2ForCausalLM", None, None, "model", token_id_attrs=()))

@@ -12,16 +12,27 @@ rescaling that follows is the same code, so the two modes agree bit for bit.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Callable, Literal, Optional
 
 import torch
 import torch.nn as nn
 
-from spikemllm_sj.neurons import Modality, MSTSConfig, MSTSEncoder, TCLIFNode
+from spikemllm_sj.neurons import Modality, MSTSConfig, MSTSEncoder, SpikeStats, TCLIFNode
 from spikemllm_sj.quant import IntLevels, absmax_scale, quantize, scale_from_absmax
 from spikemllm_sj.spike_ops import exact_dtype, spike_matmul
 
-__all__ = ["Mode", "MODES", "TokenModalities", "FixedModality", "SpikeLinear", "SpikeAttention"]
+__all__ = [
+    "Mode",
+    "MODES",
+    "TokenModalities",
+    "FixedModality",
+    "SiteActivity",
+    "SpikeLinear",
+    "SpikeScores",
+    "SpikeContext",
+    "SpikeAttention",
+]
 
 Mode = Literal["spike", "fake_quant"]
 MODES = ("spike", "fake_quant")
@@ -61,19 +72,53 @@ class FixedModality:
 ModalitySource = Callable[[int, int], torch.Tensor]
 
 
-class _SpikeSite(nn.Module):
-    """Shared plumbing: the MSTS encoder of one activation site, its modality source and mode."""
+@dataclass
+class SiteActivity:
+    """Spikes a site emitted since the last :meth:`reset` (summed over forward calls).
 
-    def __init__(self, msts: MSTSConfig, modality: ModalitySource):
+    :param tokens: tokens encoded, per modality name.
+    :param token_steps: time steps those tokens used, per modality name (MSTS padding excluded).
+    """
+
+    spikes: int = 0
+    neuron_steps: int = 0
+    tokens: dict[str, int] = field(default_factory=dict)
+    token_steps: dict[str, int] = field(default_factory=dict)
+
+    def add(self, stats: SpikeStats, tokens: dict[str, tuple[int, int]]) -> None:
+        self.spikes += stats.spikes
+        self.neuron_steps += stats.neuron_steps
+        for name, (count, steps) in tokens.items():
+            self.tokens[name] = self.tokens.get(name, 0) + count
+            self.token_steps[name] = self.token_steps.get(name, 0) + steps
+
+    def reset(self) -> None:
+        self.spikes = self.neuron_steps = 0
+        self.tokens.clear()
+        self.token_steps.clear()
+
+
+class _SpikeSite(nn.Module):
+    """A spike-driven site: its mode and the activity it records in spike mode."""
+
+    def __init__(self):
         super().__init__()
-        self.encoder = MSTSEncoder(msts)
-        self.modality = modality
         self.mode: Mode = "spike"
+        self.activity = SiteActivity()
 
     def set_mode(self, mode: Mode) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         self.mode = mode
+
+
+class _MSTSSite(_SpikeSite):
+    """A site whose input tokens are MSTS spike trains: the encoder and the token modalities."""
+
+    def __init__(self, msts: MSTSConfig, modality: ModalitySource):
+        super().__init__()
+        self.encoder = MSTSEncoder(msts)
+        self.modality = modality
 
     def _levels_dot(
         self, x3: torch.Tensor, ids: torch.Tensor, other: torch.Tensor, other_qmax: int
@@ -85,20 +130,28 @@ class _SpikeSite(nn.Module):
         """
         K = x3.shape[-1]
         ids = ids.to(x3.device)
+        # Horner's partial sums never exceed the largest level (plus offset) times |other| times K.
         qmax = max(code.levels.qmax + code.offset for code in self.encoder.config.codes.values())
         dtype = exact_dtype(float(qmax) * other_qmax * K, x3.dtype)
         other = other.to(dtype)
-        if self.mode == "spike":
-            out = self.encoder(x3, ids)
-            acc = spike_matmul(out.spikes.to(dtype), other, out.leak)
-            if out.offset.any():
-                acc = acc - out.offset.to(dtype) * other.sum(-2, keepdim=True)
-            return acc, out.scale
-        levels, scale = self.encoder.quantize(x3, ids)
-        return torch.matmul(levels.to(dtype), other), scale
+        if self.mode == "fake_quant":
+            levels, scale = self.encoder.quantize(x3, ids)
+            return torch.matmul(levels.to(dtype), other), scale
+        out = self.encoder(x3, ids)
+        self.activity.add(
+            out.statistics(),
+            {
+                Modality(int(m)).name.lower(): (int((ids == m).sum()), int(out.steps[ids == m].sum()))
+                for m in torch.unique(ids).tolist()
+            },
+        )
+        acc = spike_matmul(out.spikes.to(dtype), other, out.leak)
+        if out.offset.any():
+            acc = acc - out.offset.to(dtype) * other.sum(-2, keepdim=True)
+        return acc, out.scale
 
 
-class SpikeLinear(_SpikeSite):
+class SpikeLinear(_MSTSSite):
     """``nn.Linear`` with spike-coded input and integer weights: ``[..., in] -> [..., out]``.
 
     Weights are quantized per output channel (symmetric round-to-nearest); the input per token,
@@ -135,23 +188,16 @@ class SpikeLinear(_SpikeSite):
         )
 
 
-class SpikeAttention(_SpikeSite):
-    """The two matmuls of attention with spike-coded operands, attached to an attention module.
+class SpikeScores(_MSTSSite):
+    """Attention scores ``query @ key^T`` with the query as MSTS spikes (per token and head) and
+    the keys as integer levels (per token and head): ``[B, H, L, d] x [B, H, S, d] -> [B, H, L, S]``
+    (unscaled)."""
 
-    Scores: the query is an MSTS spike train (per token and head), keys are integer levels (per
-    token and head). Context: the softmax probabilities are binary TC-LIF spikes (unsigned levels,
-    fixed scale), values are integer levels (per channel and head). Softmax runs on decoded values.
-    """
-
-    def __init__(self, msts: MSTSConfig, kv_levels: IntLevels, prob_levels: IntLevels, modality: ModalitySource):
+    def __init__(self, msts: MSTSConfig, kv_levels: IntLevels, modality: ModalitySource):
         super().__init__(msts, modality)
-        if prob_levels.signed:
-            raise ValueError("prob_levels must be unsigned (probabilities are non-negative)")
         self.kv_levels = kv_levels
-        self.prob = TCLIFNode(prob_levels.levels, signed=False, scale=1.0 / prob_levels.qmax)
 
-    def scores(self, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
-        """``query @ key^T`` for ``[B, H, L, d] x [B, H, S, d] -> [B, H, L, S]`` (unscaled)."""
+    def forward(self, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
         B, H, L, d = query.shape
         k_scale = absmax_scale(key, self.kv_levels, "token")  # [B, H, S, 1]
         k_levels = quantize(key, k_scale, self.kv_levels)
@@ -161,17 +207,44 @@ class SpikeAttention(_SpikeSite):
         scores = acc * q_scale.to(acc.dtype) * k_scale.reshape(B * H, 1, -1).to(acc.dtype)
         return scores.reshape(B, H, L, -1).to(query.dtype)
 
-    def context(self, probs: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-        """``probs @ value`` for ``[B, H, L, S] x [B, H, S, d] -> [B, H, L, d]``."""
+    def extra_repr(self) -> str:
+        return f"kv_bits={self.kv_levels.bits}, mode={self.mode}"
+
+
+class SpikeContext(_SpikeSite):
+    """Attention context ``probs @ value`` with the probabilities as binary TC-LIF spikes
+    (unsigned levels, fixed scale ``1 / qmax``) and the values as integer levels (per channel and
+    head): ``[B, H, L, S] x [B, H, S, d] -> [B, H, L, d]``."""
+
+    def __init__(self, kv_levels: IntLevels, prob_levels: IntLevels):
+        super().__init__()
+        if prob_levels.signed:
+            raise ValueError("prob_levels must be unsigned (probabilities are non-negative)")
+        self.kv_levels = kv_levels
+        self.prob = TCLIFNode(prob_levels.levels, signed=False, scale=1.0 / prob_levels.qmax)
+
+    def forward(self, probs: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
         v_scale = scale_from_absmax(value.detach().abs().amax(-2, keepdim=True), self.kv_levels)  # [B, H, 1, d]
         v_levels = quantize(value, v_scale, self.kv_levels)
-        p_levels = self.prob.code.levels
-        dtype = exact_dtype(float(p_levels.qmax) * self.kv_levels.qmax * probs.shape[-1], value.dtype)
-        if self.mode == "spike":
-            acc = spike_matmul(self.prob.encode(probs).to(dtype), v_levels.to(dtype), self.prob.code.leak)
+        code = self.prob.code
+        dtype = exact_dtype(float(code.levels.qmax) * self.kv_levels.qmax * probs.shape[-1], value.dtype)
+        if self.mode == "fake_quant":
+            acc = torch.matmul(quantize(probs, self.prob.scale, code.levels).to(dtype), v_levels.to(dtype))
         else:
-            acc = torch.matmul(quantize(probs, self.prob.scale, p_levels).to(dtype), v_levels.to(dtype))
+            spikes = self.prob.encode(probs)
+            rows = probs[..., 0].numel()
+            self.activity.add(self.prob.statistics(spikes), {"probabilities": (rows, rows * code.steps)})
+            acc = spike_matmul(spikes.to(dtype), v_levels.to(dtype), code.leak)
         return (acc * self.prob.scale.to(dtype) * v_scale.to(dtype)).to(value.dtype)
 
     def extra_repr(self) -> str:
         return f"kv_bits={self.kv_levels.bits}, prob_bits={self.prob.code.levels.bits}, mode={self.mode}"
+
+
+class SpikeAttention(nn.Module):
+    """The two spike-driven matmuls of one attention module (see ``spikemllm_sj.attention``)."""
+
+    def __init__(self, msts: MSTSConfig, kv_levels: IntLevels, prob_levels: IntLevels, modality: ModalitySource):
+        super().__init__()
+        self.qk = SpikeScores(msts, kv_levels, modality)
+        self.pv = SpikeContext(kv_levels, prob_levels)
