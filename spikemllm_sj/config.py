@@ -49,6 +49,29 @@ class SpikeConfig:
         if not isinstance(self.convert_lm_head, bool):
             raise TypeError("convert_lm_head must be a bool")
 
+    def to_dict(self) -> dict:
+        """JSON-ready form; :meth:`from_dict` inverts it."""
+        return {
+            "msts": {
+                "bits": {m.name.lower(): code.levels.bits for m, code in self.msts.codes.items()},
+                "scheme": self.msts.scheme,
+                "signed": self.msts.signed,
+            },
+            "weight_bits": self.weight_bits,
+            "kv_bits": self.kv_bits,
+            "prob_bits": self.prob_bits,
+            "convert_lm_head": self.convert_lm_head,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "SpikeConfig":
+        data = dict(data)
+        try:
+            msts = MSTSConfig(**data.pop("msts"))
+        except KeyError:
+            raise ValueError("a SpikeConfig dict needs an 'msts' entry") from None
+        return cls(msts=msts, **data)
+
     @property
     def weight_levels(self) -> IntLevels:
         return IntLevels.from_bits(self.weight_bits)

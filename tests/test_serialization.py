@@ -1,0 +1,34 @@
+import json
+
+import pytest
+import torch
+
+from spikemllm_sj import SpikeConfig, convert
+from spikemllm_sj.neurons import MSTSConfig
+from spikemllm_sj.serialization import load_spiking, save_spiking
+from spikemllm_sj.tiny import build_tiny_model, tiny_batch
+
+
+@pytest.mark.parametrize("name", ["tiny-qwen2-vl", "tiny-llava", "tiny-internvl"])
+def test_round_trip_gives_identical_logits(tmp_path, name):
+    config = SpikeConfig(msts=MSTSConfig(steps={"text": 4, "image": 2, "video": 2}), weight_bits=6)
+    model = convert(build_tiny_model(name), config)
+    batch = tiny_batch(model, batch_size=2)
+    save_spiking(model, tmp_path)
+    loaded = load_spiking(tmp_path)
+    with torch.no_grad():
+        assert torch.equal(loaded(**batch).logits, model(**batch).logits)
+    saved = json.loads((tmp_path / "spike_config.json").read_text())
+    assert SpikeConfig.from_dict(saved["spike_config"]).msts.steps_of("image") == 2
+
+
+def test_config_dict_round_trip():
+    config = SpikeConfig(msts=MSTSConfig(bits={"text": 6, "image": 4}, scheme="rate_bidirectional"), kv_bits=6)
+    again = SpikeConfig.from_dict(json.loads(json.dumps(config.to_dict())))
+    assert again.to_dict() == config.to_dict()
+    assert again.msts.steps_of("text") == 31
+
+
+def test_loading_an_incomplete_folder_fails_clearly(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing config.json, spike_config.json, model.safetensors"):
+        load_spiking(tmp_path)
