@@ -17,6 +17,11 @@ _LAZY = {
     "set_mode": "spikemllm_sj.converter",
     "SpikeMLLMRecipe": "spikemllm_sj.converter",
     "supported_models": "spikemllm_sj.adapters",
+    "calibrate": "spikemllm_sj.calibration",
+    "Calibration": "spikemllm_sj.calibration",
+    "op_report": "spikemllm_sj.report",
+    "save_spiking": "spikemllm_sj.serialization",
+    "load_spiking": "spikemllm_sj.serialization",
 }
 __all__ = ["__version__", *_LAZY]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from spikemllm_sj.neurons import MSTSConfig, SpikeCode
 from spikemllm_sj.quant import IntLevels
@@ -21,8 +22,7 @@ class SpikeConfig:
 
     Activations: every ``nn.Linear`` input and the attention query are spike trains whose levels
     and steps come from ``msts``: language-model tokens by modality (image tokens Tv, text tokens
-    Tt), the vision tower and the projector with the image modality's code (Tv). Their scales are
-    dynamic, per token (absmax).
+    Tt), the vision tower and the projector with the image modality's code (Tv).
 
     :param msts: time steps (or bits) per modality and the spike code.
     :param weight_bits: symmetric per-output-channel round-to-nearest weight quantization.
@@ -32,6 +32,9 @@ class SpikeConfig:
         ``1 / (2**prob_bits - 1)``, encoded as binary TC-LIF spikes (``prob_bits`` steps).
     :param convert_lm_head: also make the output head spike-driven (default: it stays in the
         model's precision, as do the embeddings).
+    :param act_scales: linear-layer input scales: ``"dynamic"`` (per token, absmax) or
+        ``"static"`` (per tensor and modality, from :func:`~spikemllm_sj.calibration.calibrate`).
+        Attention operands always use dynamic scales.
     """
 
     msts: MSTSConfig = field(default_factory=MSTSConfig)
@@ -39,6 +42,7 @@ class SpikeConfig:
     kv_bits: int = 8
     prob_bits: int = 8
     convert_lm_head: bool = False
+    act_scales: Literal["dynamic", "static"] = "dynamic"
 
     def __post_init__(self):
         if not isinstance(self.msts, MSTSConfig):
@@ -48,6 +52,8 @@ class SpikeConfig:
         _check_bits("prob_bits", self.prob_bits, 1, 16)
         if not isinstance(self.convert_lm_head, bool):
             raise TypeError("convert_lm_head must be a bool")
+        if self.act_scales not in ("dynamic", "static"):
+            raise ValueError(f"act_scales must be 'dynamic' or 'static', got {self.act_scales!r}")
 
     def to_dict(self) -> dict:
         """JSON-ready form; :meth:`from_dict` inverts it."""
@@ -61,6 +67,7 @@ class SpikeConfig:
             "kv_bits": self.kv_bits,
             "prob_bits": self.prob_bits,
             "convert_lm_head": self.convert_lm_head,
+            "act_scales": self.act_scales,
         }
 
     @classmethod

@@ -30,6 +30,7 @@ from torch.utils.hooks import RemovableHandle
 
 from spikemllm_sj.adapters import ModelAdapter, adapter_for
 from spikemllm_sj.attention import ATTN_IMPLEMENTATION, register_attention
+from spikemllm_sj.calibration import Calibration
 from spikemllm_sj.config import SpikeConfig
 from spikemllm_sj.modules import MODES, FixedModality, Mode, SpikeAttention, SpikeLinear, TokenModalities, _SpikeSite
 from spikemllm_sj.neurons import Modality
@@ -96,10 +97,15 @@ def _set_token_modalities(visual_ids: dict[Modality, int], modalities: TokenModa
 class SpikeMLLMRecipe(ModuleConversionRecipe):
     """SpikingJelly conversion recipe for the supported MLLMs (see the module docstring)."""
 
-    def __init__(self, config: SpikeConfig):
+    def __init__(self, config: SpikeConfig, calibration: Optional[Calibration] = None):
         if not isinstance(config, SpikeConfig):
             raise TypeError(f"config must be a SpikeConfig, got {type(config).__name__}")
+        if config.act_scales == "static" and calibration is None:
+            raise ValueError("act_scales='static' needs a calibration: convert(model, config, calibration=calibrate(...))")
+        if config.act_scales == "dynamic" and calibration is not None:
+            raise ValueError("a calibration was given but act_scales='dynamic' would ignore it; use act_scales='static'")
         self.config = config
+        self.calibration = calibration
 
     def convert_module(self, converter: ModuleConverter, model: nn.Module) -> nn.Module:
         adapter = adapter_for(model)
@@ -122,14 +128,14 @@ class SpikeMLLMRecipe(ModuleConversionRecipe):
                 if isinstance(module, nn.Linear):
                     parent_name, _, attr = name.rpartition(".")
                     parent = root.get_submodule(parent_name) if parent_name else root
-                    swaps.append((parent, attr, SpikeLinear(module, cfg.msts, cfg.weight_levels, source)))
+                    swaps.append((parent, attr, self._spike_linear(f"{path}.{name}", module, source)))
                 elif _is_attention(module):
                     swaps.append((module, "spike_attention", SpikeAttention(cfg.msts, cfg.kv_levels, cfg.prob_code.levels, source)))
         if cfg.convert_lm_head:
             parent_name, _, attr = adapter.lm_head.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
             head = getattr(parent, attr)
-            swaps.append((parent, attr, SpikeLinear(head, cfg.msts, cfg.weight_levels, _LastTokens(modalities))))
+            swaps.append((parent, attr, self._spike_linear(adapter.lm_head, head, _LastTokens(modalities))))
 
         register_attention()
         for parent, attr, replacement in swaps:
@@ -141,10 +147,22 @@ class SpikeMLLMRecipe(ModuleConversionRecipe):
         setattr(model, _STATE_ATTR, SpikeState(cfg, adapter, modalities, hook))
         return model
 
+    def _spike_linear(self, path: str, linear: nn.Linear, source) -> SpikeLinear:
+        site = SpikeLinear(linear, self.config.msts, self.config.weight_levels, source)
+        if self.calibration is not None:
+            site.set_static_absmax(self.calibration.absmax_of(path))
+        return site
 
-def convert(model: nn.Module, config: Optional[SpikeConfig] = None) -> nn.Module:
-    """Make ``model`` spike-driven in place and return it (see the module docstring)."""
-    return ModuleConverter(SpikeMLLMRecipe(config or SpikeConfig())).convert(model)
+
+def convert(
+    model: nn.Module, config: Optional[SpikeConfig] = None, calibration: Optional[Calibration] = None
+) -> nn.Module:
+    """Make ``model`` spike-driven in place and return it (see the module docstring).
+
+    :param calibration: static input scales from :func:`~spikemllm_sj.calibration.calibrate`,
+        required by (and only by) ``SpikeConfig(act_scales="static")``.
+    """
+    return ModuleConverter(SpikeMLLMRecipe(config or SpikeConfig(), calibration)).convert(model)
 
 
 def set_mode(model: nn.Module, mode: Mode) -> None:

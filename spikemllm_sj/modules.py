@@ -119,6 +119,35 @@ class _MSTSSite(_SpikeSite):
         super().__init__()
         self.encoder = MSTSEncoder(msts)
         self.modality = modality
+        # Static (calibrated) input absmax per modality, indexed by Modality value; NaN where the
+        # calibration saw no token of that modality. All NaN: dynamic per-token scales.
+        self.register_buffer("static_absmax", torch.full((len(Modality),), float("nan")))
+
+    def set_static_absmax(self, absmax: dict[Modality, float]) -> None:
+        values = torch.full_like(self.static_absmax, float("nan"))
+        for modality, value in absmax.items():
+            if not value > 0:
+                raise ValueError(f"calibrated absmax must be > 0, got {value} for {Modality(modality).name.lower()}")
+            values[int(modality)] = float(value)
+        self.static_absmax = values
+
+    @property
+    def static(self) -> bool:
+        return not bool(torch.isnan(self.static_absmax).all())
+
+    def _token_scale(self, ids: torch.Tensor, dtype: torch.dtype) -> Optional[torch.Tensor]:
+        """Per-token scales ``[B, L, 1]`` from the calibration, or None for dynamic scales."""
+        if not self.static:
+            return None
+        codes = self.encoder.config.codes
+        qmax = torch.ones(len(Modality))
+        for modality, code in codes.items():
+            qmax[int(modality)] = code.levels.qmax
+        absmax = self.static_absmax.to(ids.device)[ids]
+        if torch.isnan(absmax).any():
+            missing = sorted({Modality(int(m)).name.lower() for m in ids[torch.isnan(absmax)].unique()})
+            raise ValueError(f"this site was calibrated without {', '.join(missing)} tokens")
+        return (absmax / qmax.to(ids.device)[ids]).unsqueeze(-1).to(dtype)
 
     def _levels_dot(
         self, x3: torch.Tensor, ids: torch.Tensor, other: torch.Tensor, other_qmax: int
@@ -134,10 +163,11 @@ class _MSTSSite(_SpikeSite):
         qmax = max(code.levels.qmax + code.offset for code in self.encoder.config.codes.values())
         dtype = exact_dtype(float(qmax) * other_qmax * K, x3.dtype)
         other = other.to(dtype)
+        scale = self._token_scale(ids, x3.dtype)
         if self.mode == "fake_quant":
-            levels, scale = self.encoder.quantize(x3, ids)
+            levels, scale = self.encoder.quantize(x3, ids, scale)
             return torch.matmul(levels.to(dtype), other), scale
-        out = self.encoder(x3, ids)
+        out = self.encoder(x3, ids, scale)
         self.activity.add(
             out.statistics(),
             {

@@ -7,6 +7,7 @@ integer weights and their scales, everything that stayed in float).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -47,6 +48,9 @@ def load_spiking(folder: str | Path) -> nn.Module:
     if model_class is None:
         raise ValueError(f"transformers has no class {meta['model_class']!r}")
     config = model_class.config_class.from_json_file(folder / "config.json")
-    model = convert(model_class(config).eval(), SpikeConfig.from_dict(meta["spike_config"]))
+    spike_config = SpikeConfig.from_dict(meta["spike_config"])
+    # Static scales come back with the weights (each site's calibrated absmax is a buffer).
+    model = convert(model_class(config).eval(), dataclasses.replace(spike_config, act_scales="dynamic"))
     load_model(model, str(folder / WEIGHTS))
+    spike_state(model).config = spike_config
     return model

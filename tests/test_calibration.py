@@ -1,0 +1,81 @@
+import pytest
+import torch
+
+from spikemllm_sj import Calibration, SpikeConfig, calibrate, convert, set_mode
+from spikemllm_sj.converter import spike_state
+from spikemllm_sj.modules import SpikeLinear
+from spikemllm_sj.serialization import load_spiking, save_spiking
+from spikemllm_sj.tiny import build_tiny_model, tiny_batch
+
+STATIC = SpikeConfig(act_scales="static")
+
+
+def batches(model, n=3):
+    return [tiny_batch(model, batch_size=2, seed=s) for s in range(n)]
+
+
+def test_static_scales_from_calibration_and_exactness(tmp_path):
+    model = build_tiny_model("tiny-qwen2-vl")
+    calib = calibrate(model, batches(model), progress=False)
+    assert calib.batches == 3
+    lm_q = calib.absmax["model.language_model.layers.0.self_attn.q_proj"]
+    assert set(lm_q) == {"text", "image"} and all(v > 0 for v in lm_q.values())
+    assert set(calib.absmax["model.visual.blocks.0.attn.qkv"]) == {"image"}
+
+    batch = tiny_batch(model, batch_size=2, seed=7)
+    snn = convert(model, STATIC, calibration=calib)
+    sites = [m for m in snn.modules() if isinstance(m, SpikeLinear)]
+    assert sites and all(m.static for m in sites)
+    with torch.no_grad():
+        spike = snn(**batch).logits
+        set_mode(snn, "fake_quant")
+        twin = snn(**batch).logits
+        set_mode(snn, "spike")
+    assert torch.equal(spike, twin)
+
+    save_spiking(snn, tmp_path)
+    loaded = load_spiking(tmp_path)
+    assert spike_state(loaded).config.act_scales == "static"
+    with torch.no_grad():
+        assert torch.equal(loaded(**batch).logits, spike)
+
+
+def test_static_and_dynamic_scales_differ():
+    outs = {}
+    for scales in ("dynamic", "static"):
+        model = build_tiny_model("tiny-llava")
+        calib = calibrate(model, batches(model), progress=False) if scales == "static" else None
+        snn = convert(model, SpikeConfig(act_scales=scales), calibration=calib)
+        with torch.no_grad():
+            outs[scales] = snn(**tiny_batch(model, batch_size=1)).logits
+    assert not torch.equal(outs["dynamic"], outs["static"])
+
+
+def test_calibration_resumes_and_round_trips_through_json(tmp_path):
+    model = build_tiny_model("tiny-llava")
+    data = batches(model, 4)
+    full = calibrate(model, data, progress=False)
+    part = calibrate(model, data[:2], progress=False)
+    part.save(tmp_path / "calib.json")
+    resumed = calibrate(model, data[2:], resume=Calibration.load(tmp_path / "calib.json"), progress=False)
+    assert resumed.batches == 4
+    assert resumed.absmax == full.absmax
+
+
+def test_calibration_errors():
+    model = build_tiny_model("tiny-llava")
+    with pytest.raises(ValueError, match="at least one batch"):
+        calibrate(model, [], progress=False)
+    bad = tiny_batch(model, batch_size=1)
+    bad["pixel_values"] = torch.full_like(bad["pixel_values"], float("inf"))
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        calibrate(model, [bad], progress=False)
+    with pytest.raises(ValueError, match="needs a calibration"):
+        convert(model, STATIC)
+    with pytest.raises(ValueError, match="would ignore it"):
+        convert(model, SpikeConfig(), calibration=Calibration())
+    with pytest.raises(ValueError, match="no statistics for"):
+        convert(model, STATIC, calibration=Calibration())
+    assert not any(isinstance(m, SpikeLinear) for m in model.modules())  # untouched after failures
+    with pytest.raises(ValueError, match="act_scales must be"):
+        SpikeConfig(act_scales="per-token")
