@@ -1,9 +1,10 @@
 """Static activation scales: ``calibrate(model, batches)`` before ``convert``.
 
 For every linear layer that ``convert`` makes spike-driven, the calibration records the largest
-input magnitude per token modality over the calibration batches (round-to-nearest with static
-per-tensor scales, one per modality). The statistics are a running maximum, so a calibration can
-be resumed with more batches and saved as JSON in between.
+input magnitude per input channel and token modality over the calibration batches. Static scales
+are per tensor and modality (the maximum over channels, after the quantization method's input
+transform); SmoothQuant uses the per-channel ranges. The statistics are running maxima, so a
+calibration can be resumed with more batches and saved as JSON in between.
 """
 
 from __future__ import annotations
@@ -27,20 +28,24 @@ __all__ = ["Calibration", "calibrate"]
 
 @dataclass
 class Calibration:
-    """Input absmax per linear layer (module path) and modality name, and the batches seen."""
+    """Input absmax per linear layer (module path), modality name and input channel, and the
+    number of batches seen."""
 
-    absmax: dict[str, dict[str, float]] = field(default_factory=dict)
+    absmax: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     batches: int = 0
 
-    def update(self, site: str, modality: Modality, value: float) -> None:
+    def update(self, site: str, modality: Modality, channel_absmax: torch.Tensor) -> None:
         per_site = self.absmax.setdefault(site, {})
         name = modality.name.lower()
-        per_site[name] = max(per_site.get(name, 0.0), value)
+        if name in per_site:
+            channel_absmax = torch.maximum(torch.tensor(per_site[name]), channel_absmax)
+        per_site[name] = channel_absmax.tolist()
 
-    def absmax_of(self, site: str) -> dict[Modality, float]:
+    def channel_absmax_of(self, site: str) -> dict[Modality, torch.Tensor]:
+        """Per modality, the input range of each channel ``[in]``."""
         if site not in self.absmax:
             raise ValueError(f"the calibration has no statistics for {site}: was it made on this model?")
-        return {Modality.parse(name): value for name, value in self.absmax[site].items()}
+        return {Modality.parse(name): torch.tensor(values) for name, values in self.absmax[site].items()}
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps({"batches": self.batches, "absmax": self.absmax}, indent=1))
@@ -78,11 +83,11 @@ def calibrate(
             check_finite(x, f"input of {site}")
             x3 = x.reshape(-1, x.shape[-2], x.shape[-1]) if x.dim() >= 3 else x.reshape(1, -1, x.shape[-1])
             if fixed is not None:
-                calibration.update(site, fixed, float(x3.abs().amax()))
+                calibration.update(site, fixed, x3.abs().reshape(-1, x3.shape[-1]).amax(0).float())
                 return
             ids = token_ids["ids"][:, -x3.shape[1] :]
             for m in ids.unique().tolist():
-                calibration.update(site, Modality(int(m)), float(x3[ids == m].abs().amax()))
+                calibration.update(site, Modality(int(m)), x3[ids == m].abs().amax(0).float())
 
         return hook
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
 from spikemllm_sj.neurons import MSTSConfig, SpikeCode
 from spikemllm_sj.quant import IntLevels
+from spikemllm_sj.quantizers import RTN, Hadamard, QuantMethod, SmoothQuant
 
 __all__ = ["SpikeConfig"]
 
@@ -32,6 +34,8 @@ class SpikeConfig:
         ``1 / (2**prob_bits - 1)``, encoded as binary TC-LIF spikes (``prob_bits`` steps).
     :param convert_lm_head: also make the output head spike-driven (default: it stays in the
         model's precision, as do the embeddings).
+    :param method: the ANN quantization method applied at every linear layer
+        (:mod:`spikemllm_sj.quantizers`: ``RTN()``, ``SmoothQuant(alpha)``, ``Hadamard()``).
     :param act_scales: linear-layer input scales: ``"dynamic"`` (per token, absmax) or
         ``"static"`` (per tensor and modality, from :func:`~spikemllm_sj.calibration.calibrate`).
         Attention operands always use dynamic scales.
@@ -43,6 +47,7 @@ class SpikeConfig:
     prob_bits: int = 8
     convert_lm_head: bool = False
     act_scales: Literal["dynamic", "static"] = "dynamic"
+    method: QuantMethod = field(default_factory=RTN)
 
     def __post_init__(self):
         if not isinstance(self.msts, MSTSConfig):
@@ -52,6 +57,8 @@ class SpikeConfig:
         _check_bits("prob_bits", self.prob_bits, 1, 16)
         if not isinstance(self.convert_lm_head, bool):
             raise TypeError("convert_lm_head must be a bool")
+        if not isinstance(self.method, (RTN, SmoothQuant, Hadamard)):
+            raise TypeError(f"method must be RTN(), SmoothQuant(alpha) or Hadamard(), got {self.method!r}")
         if self.act_scales not in ("dynamic", "static"):
             raise ValueError(f"act_scales must be 'dynamic' or 'static', got {self.act_scales!r}")
 
@@ -68,6 +75,7 @@ class SpikeConfig:
             "prob_bits": self.prob_bits,
             "convert_lm_head": self.convert_lm_head,
             "act_scales": self.act_scales,
+            "method": {"name": type(self.method).__name__, **dataclasses.asdict(self.method)},
         }
 
     @classmethod
@@ -77,7 +85,12 @@ class SpikeConfig:
             msts = MSTSConfig(**data.pop("msts"))
         except KeyError:
             raise ValueError("a SpikeConfig dict needs an 'msts' entry") from None
-        return cls(msts=msts, **data)
+        method = dict(data.pop("method", {"name": "RTN"}))
+        methods = {m.__name__: m for m in (RTN, SmoothQuant, Hadamard)}
+        name = method.pop("name")
+        if name not in methods:
+            raise ValueError(f"unknown method {name!r}; known: {sorted(methods)}")
+        return cls(msts=msts, method=methods[name](**method), **data)
 
     @property
     def weight_levels(self) -> IntLevels:

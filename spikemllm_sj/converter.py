@@ -31,6 +31,7 @@ from torch.utils.hooks import RemovableHandle
 from spikemllm_sj.adapters import ModelAdapter, adapter_for
 from spikemllm_sj.attention import ATTN_IMPLEMENTATION, register_attention
 from spikemllm_sj.calibration import Calibration
+from spikemllm_sj.quantizers import SmoothQuant, transformed_absmax
 from spikemllm_sj.config import SpikeConfig
 from spikemllm_sj.modules import MODES, FixedModality, Mode, SpikeAttention, SpikeLinear, TokenModalities, _SpikeSite
 from spikemllm_sj.neurons import Modality
@@ -100,10 +101,15 @@ class SpikeMLLMRecipe(ModuleConversionRecipe):
     def __init__(self, config: SpikeConfig, calibration: Optional[Calibration] = None):
         if not isinstance(config, SpikeConfig):
             raise TypeError(f"config must be a SpikeConfig, got {type(config).__name__}")
-        if config.act_scales == "static" and calibration is None:
-            raise ValueError("act_scales='static' needs a calibration: convert(model, config, calibration=calibrate(...))")
-        if config.act_scales == "dynamic" and calibration is not None:
-            raise ValueError("a calibration was given but act_scales='dynamic' would ignore it; use act_scales='static'")
+        needs_calibration = config.act_scales == "static" or isinstance(config.method, SmoothQuant)
+        if needs_calibration and calibration is None:
+            raise ValueError(
+                "act_scales='static' and SmoothQuant need a calibration: convert(model, config, calibration=calibrate(...))"
+            )
+        if not needs_calibration and calibration is not None:
+            raise ValueError(
+                "a calibration was given but nothing would use it: use act_scales='static' or SmoothQuant"
+            )
         self.config = config
         self.calibration = calibration
 
@@ -148,9 +154,12 @@ class SpikeMLLMRecipe(ModuleConversionRecipe):
         return model
 
     def _spike_linear(self, path: str, linear: nn.Linear, source) -> SpikeLinear:
-        site = SpikeLinear(linear, self.config.msts, self.config.weight_levels, source)
-        if self.calibration is not None:
-            site.set_static_absmax(self.calibration.absmax_of(path))
+        cfg = self.config
+        ranges = None if self.calibration is None else self.calibration.channel_absmax_of(path)
+        all_ranges = None if ranges is None else torch.stack(list(ranges.values())).amax(0)
+        site = SpikeLinear(linear, cfg.msts, cfg.weight_levels, source, cfg.method, all_ranges)
+        if cfg.act_scales == "static":
+            site.set_static_absmax({m: transformed_absmax(site.transform, r) for m, r in ranges.items()})
         return site
 
 

@@ -20,6 +20,7 @@ import torch.nn as nn
 
 from spikemllm_sj.neurons import Modality, MSTSConfig, MSTSEncoder, SpikeStats, TCLIFNode
 from spikemllm_sj.quant import IntLevels, absmax_scale, quantize, scale_from_absmax
+from spikemllm_sj.quantizers import RTN, QuantMethod, prepare_linear
 from spikemllm_sj.spike_ops import exact_dtype, spike_matmul
 
 __all__ = [
@@ -188,10 +189,18 @@ class SpikeLinear(_MSTSSite):
     with its modality's levels (MSTS).
     """
 
-    def __init__(self, linear: nn.Linear, msts: MSTSConfig, weight_levels: IntLevels, modality: ModalitySource):
+    def __init__(
+        self,
+        linear: nn.Linear,
+        msts: MSTSConfig,
+        weight_levels: IntLevels,
+        modality: ModalitySource,
+        method: QuantMethod = RTN(),
+        channel_absmax: Optional[torch.Tensor] = None,
+    ):
         super().__init__(msts, modality)
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        weight = linear.weight.detach()
+        weight, self.transform = prepare_linear(method, linear.weight.detach(), channel_absmax)
         scale = absmax_scale(weight, weight_levels, "token")  # one scale per output row
         qweight = quantize(weight.float(), scale.float(), weight_levels)
         storage = torch.int8 if weight_levels.bits <= 8 else torch.int16 if weight_levels.bits <= 16 else torch.int32
@@ -203,6 +212,8 @@ class SpikeLinear(_MSTSSite):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
             raise ValueError(f"input has {x.shape[-1]} features, the layer expects {self.in_features}")
+        if self.transform is not None:
+            x = self.transform(x)
         x3 = x.reshape(-1, x.shape[-2], x.shape[-1]) if x.dim() >= 3 else x.reshape(1, -1, x.shape[-1])
         ids = self.modality(*x3.shape[:2])
         acc, scale = self._levels_dot(x3, ids, self.qweight.T, self.weight_levels.qmax)

@@ -1,0 +1,88 @@
+import pytest
+import torch
+import torch.nn as nn
+
+from spikemllm_sj import SpikeConfig, calibrate, convert, set_mode
+from spikemllm_sj.modules import FixedModality, SpikeLinear
+from spikemllm_sj.neurons import Modality, MSTSConfig
+from spikemllm_sj.quant import IntLevels
+from spikemllm_sj.quantizers import RTN, Hadamard, SmoothQuant, hadamard_matrix, prepare_linear
+from spikemllm_sj.tiny import build_tiny_model, tiny_batch
+
+
+@pytest.mark.parametrize("n", [1, 8, 24, 64, 96])
+def test_hadamard_matrix_is_orthonormal_and_symmetric(n):
+    h = hadamard_matrix(n)
+    torch.testing.assert_close(h @ h.T, torch.eye(n, dtype=torch.float64))
+    assert torch.equal(h, h.T)
+
+
+def outlier_layer(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    linear = nn.Linear(64, 32)
+    x = torch.randn(4, 16, 64, generator=g)
+    x[..., 5] *= 60.0  # one outlier channel, as in LLM activations
+    return linear, x
+
+
+@pytest.mark.parametrize("method", [RTN(), SmoothQuant(0.5), Hadamard()])
+def test_transforms_preserve_the_float_product(method):
+    linear, x = outlier_layer()
+    w = linear.weight.detach()
+    w2, transform = prepare_linear(method, w, x.abs().reshape(-1, 64).amax(0))
+    x2 = x if transform is None else transform(x)
+    torch.testing.assert_close(x2 @ w2.T, x @ w.T, rtol=1e-4, atol=1e-3)
+
+
+def test_smoothquant_and_hadamard_reduce_the_4_bit_error_of_outlier_activations():
+    linear, x = outlier_layer()
+    ref = linear(x).detach()
+    msts = MSTSConfig(bits={"text": 4})
+    errors = {}
+    for method in (RTN(), SmoothQuant(0.5), Hadamard()):
+        site = SpikeLinear(linear, msts, IntLevels(256), FixedModality(Modality.TEXT), method, x.abs().reshape(-1, 64).amax(0))
+        with torch.no_grad():
+            errors[type(method).__name__] = float((site(x) - ref).norm() / ref.norm())
+    assert errors["SmoothQuant"] < errors["RTN"] and errors["Hadamard"] < errors["RTN"], errors
+
+
+@pytest.mark.parametrize("method", [SmoothQuant(0.6), Hadamard()])
+def test_converted_models_stay_exact_against_their_twin(method):
+    model = build_tiny_model("tiny-qwen2-vl")
+    batch = tiny_batch(model, batch_size=2)
+    calib = calibrate(model, [batch], progress=False) if isinstance(method, SmoothQuant) else None
+    snn = convert(model, SpikeConfig(method=method), calibration=calib)
+    with torch.no_grad():
+        spike = snn(**batch).logits
+        set_mode(snn, "fake_quant")
+        assert torch.equal(snn(**batch).logits, spike)
+
+
+def test_static_smoothquant_scales_cover_the_transformed_range():
+    model = build_tiny_model("tiny-llava")
+    batch = tiny_batch(model, batch_size=2)
+    calib = calibrate(model, [batch], progress=False)
+    snn = convert(model, SpikeConfig(method=SmoothQuant(0.5), act_scales="static"), calibration=calib)
+    with torch.no_grad():
+        assert torch.isfinite(snn(**batch).logits).all()
+    site = snn.get_submodule("model.language_model.layers.0.mlp.down_proj")
+    assert site.static and site.transform is not None
+
+
+def test_method_errors():
+    with pytest.raises(ValueError, match="alpha must be in"):
+        SmoothQuant(1.5)
+    with pytest.raises(TypeError, match="method must be"):
+        SpikeConfig(method="gptq")
+    model = build_tiny_model("tiny-llava")
+    with pytest.raises(ValueError, match="SmoothQuant need a calibration"):
+        convert(model, SpikeConfig(method=SmoothQuant()))
+    calib = calibrate(model, [tiny_batch(model, batch_size=1)], progress=False)
+    with pytest.raises(ValueError, match="not supported with Rotation"):
+        convert(model, SpikeConfig(method=Hadamard(), act_scales="static"), calibration=calib)
+    assert not any(isinstance(m, SpikeLinear) for m in model.modules())
+
+
+def test_method_survives_the_config_dict():
+    config = SpikeConfig(method=SmoothQuant(0.75))
+    assert SpikeConfig.from_dict(config.to_dict()).method == SmoothQuant(0.75)
