@@ -92,6 +92,12 @@ def _set_token_modalities(visual_ids: dict[Modality, int], modalities: TokenModa
         raise ValueError(
             "a spike-driven model needs input_ids or mm_token_type_ids to know each token's modality"
         )
+    for modality, pixels in ((Modality.IMAGE, "pixel_values"), (Modality.VIDEO, "pixel_values_videos")):
+        # generate() may pass the vision encoder's outputs instead of the pixels.
+        given = (pixels, "mm_encoder_outputs", "inputs_embeds")
+        if (ids == modality).any() and all(kwargs.get(key) is None for key in given):
+            # The model would embed the placeholders as plain text tokens and answer blind.
+            raise ValueError(f"input_ids hold {modality.name.lower()} tokens but no {pixels} were given")
     modalities.ids = ids.long()
 
 

@@ -153,3 +153,11 @@ def test_set_mode_checks_its_arguments():
         set_mode(build_tiny_model("tiny-llava"), "spike")
     with pytest.raises(ValueError, match="mode must be one of"):
         set_mode(convert(build_tiny_model("tiny-llava")), "ann")
+
+
+def test_image_tokens_without_pixel_values_are_refused():
+    model = convert(build_tiny_model("tiny-llava"))
+    batch = tiny_batch(model, batch_size=1, padding=False)
+    del batch["pixel_values"]
+    with pytest.raises(ValueError, match="image tokens but no pixel_values"):
+        model(**batch)
