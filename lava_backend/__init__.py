@@ -1,12 +1,48 @@
-"""Lava backend of spikemllm-sj (installed as ``spikemllm_sj.lava_backend``): it will hold the Lava
-processes and process models that run converted SpikingJelly layers on Intel's Lava (lava-nc
-0.10.0). lava-nc 0.10.0 does not import on Python 3.11 as released, so importing this package
-first makes it importable (:func:`ensure_lava_importable`): import it before anything from
-``lava``.
+"""Lava backend of spikemllm-sj (installed as ``spikemllm_sj.lava_backend``): spike-coding layers
+simulated on Intel's Lava (lava-nc 0.10.0, ``Loihi2SimCfg``, floating or int32 fixed point).
+
+* :class:`TCLIF`: Lava Process of the exact spike coders (TC-LIF, and the rate codes), one value
+  per window of ``T`` steps; bit-exact with :class:`spikemllm_sj.neurons.TCLIFNode`.
+* :class:`SpikeDense`: integer weights driven by graded spikes, integrating each window by
+  Horner's rule into exactly ``W @ q``.
+* :class:`SpikeLinearSpec`: a spike-driven linear layer as a converter describes it.
+* :func:`to_lava` maps a ``SpikeCodingNode`` or a ``SpikeLinearSpec`` to a :class:`LavaNetwork`;
+  :func:`run_lava` runs it on a token stream and reads the outputs back.
+
+lava-nc 0.10.0 does not import on Python 3.11 as released, so this package first makes it
+importable (:func:`ensure_lava_importable`): import it before anything from ``lava``. The names
+above load on first use, so importing the package needs neither Lava nor its start-up time.
 """
+
+import importlib
 
 from ._compat import ensure_lava_importable
 
-__all__ = ["ensure_lava_importable"]
-
 ensure_lava_importable()
+
+# Public name -> submodule that defines it, loaded on first use (all but .spec import Lava).
+_LAZY = {
+    "TCLIF": ".tclif.process",
+    "SpikeDense": ".spike_dense.process",
+    "SpikeLinearSpec": ".spec",
+    "LavaNetwork": ".network",
+    "Precision": ".network",
+    "PRECISIONS": ".network",
+    "to_lava": ".network",
+    "run_lava": ".runner",
+    "LavaRunError": ".runner",
+}
+
+__all__ = ["ensure_lava_importable", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

@@ -1,0 +1,53 @@
+"""Fixed-point helpers shared by the Lava processes, their models and the network checks."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from spikemllm_sj.neurons import SpikeCode
+
+__all__ = ["INT32_MAX", "power_of_two_exponent", "check_weights"]
+
+INT32_MAX = int(np.iinfo(np.int32).max)
+
+
+def power_of_two_exponent(value: int, name: str) -> int:
+    """``log2(value)`` for a positive power of two (fixed-point models shift by it)."""
+    if value < 1 or value & (value - 1):
+        raise ValueError(f"{name} must be a positive power of two, got {value}")
+    return value.bit_length() - 1
+
+
+def check_weights(weights: np.ndarray, code: SpikeCode, weight_bits: int, name: str = "weights") -> np.ndarray:
+    """``weights`` ``[out, in]`` as int32, after checking that they fit the synapse.
+
+    The weights must be integers in ``[-2**(weight_bits-1), 2**(weight_bits-1) - 1]``, and every
+    partial sum of the window, at most ``max_row sum|W| * sum(code.weights)`` in magnitude (spikes are
+    -1/0/+1), must fit the int32 accumulator of the fixed-point model. Both models accept the same
+    layers. Nothing is clipped or wrapped: a violation raises ``ValueError``.
+    """
+    if isinstance(weight_bits, bool) or not isinstance(weight_bits, int) or not 2 <= weight_bits <= 16:
+        raise ValueError(f"weight_bits must be an int in [2, 16], got {weight_bits!r}")
+    weights = np.asarray(weights)
+    if weights.ndim != 2 or 0 in weights.shape:
+        raise ValueError(f"{name} must be a non-empty 2-D array [out, in], got shape {weights.shape}")
+    if weights.dtype.kind not in "iuf":
+        raise ValueError(f"{name} must have an integer or floating-point dtype, got {weights.dtype}")
+    if weights.dtype.kind == "f" and not np.array_equal(weights, np.rint(weights)):
+        raise ValueError(f"{name} must hold integer values (floats are accepted if integer-valued)")
+    low, high = -(1 << (weight_bits - 1)), (1 << (weight_bits - 1)) - 1
+    w_min, w_max = weights.min(), weights.max()
+    if w_min < low or w_max > high:
+        raise ValueError(
+            f"{name} must lie in [{low}, {high}] (signed {weight_bits}-bit fixed point), got values in "
+            f"[{w_min:g}, {w_max:g}]"
+        )
+    weights = weights.astype(np.int64)
+    bound = int(np.abs(weights).sum(axis=1).max()) * sum(code.weights)
+    if bound > INT32_MAX:
+        raise ValueError(
+            f"{name} [{weights.shape[0]}, {weights.shape[1]}] with {code.scheme} spikes of {code.steps} "
+            f"steps can accumulate |W @ q| up to {bound}, beyond the int32 accumulator ({INT32_MAX}): "
+            f"use fewer levels, fewer inputs or smaller weights"
+        )
+    return weights.astype(np.int32)
