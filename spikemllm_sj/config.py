@@ -61,6 +61,11 @@ class SpikeConfig:
             raise TypeError(f"method must be RTN(), SmoothQuant(alpha) or Hadamard(), got {self.method!r}")
         if self.act_scales not in ("dynamic", "static"):
             raise ValueError(f"act_scales must be 'dynamic' or 'static', got {self.act_scales!r}")
+        if self.act_scales == "static" and isinstance(self.method, Hadamard):
+            raise ValueError(
+                "act_scales='static' is not supported with Hadamard(): a rotation mixes channels, so the "
+                "calibrated per-channel ranges do not bound the rotated input; use act_scales='dynamic'"
+            )
 
     def to_dict(self) -> dict:
         """JSON-ready form; :meth:`from_dict` inverts it."""

@@ -31,10 +31,10 @@ from torch.utils.hooks import RemovableHandle
 from spikemllm_sj.adapters import ModelAdapter, adapter_for
 from spikemllm_sj.attention import ATTN_IMPLEMENTATION, register_attention
 from spikemllm_sj.calibration import Calibration
-from spikemllm_sj.quantizers import SmoothQuant, transformed_absmax
 from spikemllm_sj.config import SpikeConfig
 from spikemllm_sj.modules import MODES, FixedModality, Mode, SpikeAttention, SpikeLinear, TokenModalities, _SpikeSite
 from spikemllm_sj.neurons import Modality
+from spikemllm_sj.quantizers import SmoothQuant, transformed_absmax
 
 __all__ = ["SpikeState", "SpikeMLLMRecipe", "convert", "set_mode", "spike_state"]
 
@@ -128,36 +128,45 @@ class SpikeMLLMRecipe(ModuleConversionRecipe):
         visual_ids = adapter.visual_token_ids(model)
         cfg = self.config
         modalities = TokenModalities()
-        image = FixedModality(Modality.IMAGE)
-        sections = [(adapter.vision, image), (adapter.projector, image), (adapter.language_model, modalities)]
-
-        swaps: list[tuple[nn.Module, str, nn.Module]] = []
-        for path, source in sections:
-            if path is None:
-                continue
-            root = model.get_submodule(path)
-            for name, module in root.named_modules():
+        sites = self._plan(model, adapter, modalities)
+        # Everything that can fail is checked before the first swap, so a failure leaves the
+        # model as it was; the swaps then go one layer at a time, each float weight released as
+        # its integer copy takes its place (never two copies of the model's weights).
+        if self.calibration is not None:
+            for path, module, *_ in sites:
                 if isinstance(module, nn.Linear):
-                    parent_name, _, attr = name.rpartition(".")
-                    parent = root.get_submodule(parent_name) if parent_name else root
-                    swaps.append((parent, attr, self._spike_linear(f"{path}.{name}", module, source)))
-                elif _is_attention(module):
-                    swaps.append((module, "spike_attention", SpikeAttention(cfg.msts, cfg.kv_levels, cfg.prob_code.levels, source)))
-        if cfg.convert_lm_head:
-            parent_name, _, attr = adapter.lm_head.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            head = getattr(parent, attr)
-            swaps.append((parent, attr, self._spike_linear(adapter.lm_head, head, _LastTokens(modalities))))
-
+                    self.calibration.channel_absmax_of(path)  # raises for a layer it never saw
         register_attention()
-        for parent, attr, replacement in swaps:
-            setattr(parent, attr, replacement)
+        for path, module, parent, attr, source in sites:
+            if isinstance(module, nn.Linear):
+                setattr(parent, attr, self._spike_linear(path, module, source))
+            else:
+                module.spike_attention = SpikeAttention(cfg.msts, cfg.kv_levels, cfg.prob_code.levels, source)
+        del sites
         model.set_attn_implementation(ATTN_IMPLEMENTATION)
         hook = model.register_forward_pre_hook(
             functools.partial(_set_token_modalities, visual_ids, modalities), with_kwargs=True
         )
         setattr(model, _STATE_ATTR, SpikeState(cfg, adapter, modalities, hook))
         return model
+
+    def _plan(self, model: nn.Module, adapter: ModelAdapter, modalities: TokenModalities) -> list[tuple]:
+        """``(path, module, parent, attribute, modality source)`` of every linear layer and
+        attention module to convert."""
+        image = FixedModality(Modality.IMAGE)
+        sections = [(adapter.vision, image), (adapter.projector, image), (adapter.language_model, modalities)]
+        if self.config.convert_lm_head:
+            sections.append((adapter.lm_head, _LastTokens(modalities)))
+        sites = []
+        for path, source in sections:
+            if path is None:
+                continue
+            for name, module in model.get_submodule(path).named_modules():
+                if isinstance(module, nn.Linear) or _is_attention(module):
+                    full = f"{path}.{name}" if name else path
+                    parent_name, _, attr = full.rpartition(".")
+                    sites.append((full, module, model.get_submodule(parent_name), attr, source))
+        return sites
 
     def _spike_linear(self, path: str, linear: nn.Linear, source) -> SpikeLinear:
         cfg = self.config

@@ -161,3 +161,23 @@ def test_image_tokens_without_pixel_values_are_refused():
     del batch["pixel_values"]
     with pytest.raises(ValueError, match="image tokens but no pixel_values"):
         model(**batch)
+
+
+@pytest.mark.parametrize("name", ["tiny-qwen2-vl", "tiny-qwen2.5-vl"])
+def test_video_tokens_are_a_third_modality(name):
+    from spikemllm_sj.tiny import tiny_video_batch
+
+    config = SpikeConfig(msts=MSTSConfig(steps={"text": 4, "image": 3, "video": 2}))
+    snn = convert(build_tiny_model(name), config)
+    batch = tiny_video_batch(snn, batch_size=2)
+    site = next(m for m in snn.get_submodule("model.language_model").modules() if isinstance(m, SpikeLinear))
+    seen = []
+    handle = site.encoder.register_forward_hook(lambda module, args, out: seen.append(out))
+    try:
+        with torch.no_grad():
+            spike = snn(**batch).logits
+    finally:
+        handle.remove()
+    video = batch["input_ids"] == visual_token_ids(snn)["video"]
+    assert video.any() and (seen[0].steps[video] == 2).all() and (seen[0].steps[~video] == 4).all()
+    assert torch.equal(spike, logits(snn, batch, "fake_quant"))
