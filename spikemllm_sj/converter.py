@@ -18,6 +18,7 @@ was. The float weights of converted layers are released as their integer copies 
 
 from __future__ import annotations
 
+import collections
 import functools
 from dataclasses import dataclass
 from typing import Optional
@@ -136,13 +137,17 @@ class SpikeMLLMRecipe(ModuleConversionRecipe):
             for path, module, *_ in sites:
                 if isinstance(module, nn.Linear):
                     self.calibration.channel_absmax_of(path)  # raises for a layer it never saw
+        # Weights that another module shares (tied embeddings) must outlive their linear layer.
+        uses = collections.Counter(id(p) for _, p in model.named_parameters(remove_duplicate=False))
         register_attention()
         for path, module, parent, attr, source in sites:
             if isinstance(module, nn.Linear):
                 setattr(parent, attr, self._spike_linear(path, module, source))
+                if uses[id(module.weight)] == 1:
+                    # Release the float weight now: the converter still references the old module.
+                    module.weight.data = module.weight.data.new_empty(0)
             else:
                 module.spike_attention = SpikeAttention(cfg.msts, cfg.kv_levels, cfg.prob_code.levels, source)
-        del sites
         model.set_attn_implementation(ATTN_IMPLEMENTATION)
         hook = model.register_forward_pre_hook(
             functools.partial(_set_token_modalities, visual_ids, modalities), with_kwargs=True

@@ -181,3 +181,15 @@ def test_video_tokens_are_a_third_modality(name):
     video = batch["input_ids"] == visual_token_ids(snn)["video"]
     assert video.any() and (seen[0].steps[video] == 2).all() and (seen[0].steps[~video] == 4).all()
     assert torch.equal(spike, logits(snn, batch, "fake_quant"))
+
+
+def test_tied_embeddings_survive_a_converted_output_head():
+    model = build_tiny_model("tiny-internvl")
+    embed = model.get_input_embeddings().weight
+    assert embed is model.lm_head.weight  # tied in this family
+    before = embed.detach().clone()
+    snn = convert(model, SpikeConfig(convert_lm_head=True))
+    assert isinstance(snn.lm_head, SpikeLinear)
+    assert torch.equal(snn.get_input_embeddings().weight, before)
+    batch = tiny_batch(snn, batch_size=2)
+    assert torch.equal(logits(snn, batch, "spike"), logits(snn, batch, "fake_quant"))
