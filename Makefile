@@ -27,6 +27,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/neurons.py
+	$(BIN)/python bench/converter.py
+	$(BIN)/python bench/convert_memory.py
+	$(BIN)/python bench/lava.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .hypothesis
