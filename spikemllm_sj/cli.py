@@ -7,17 +7,17 @@ import json
 import sys
 from pathlib import Path
 
+from spikemllm_sj.tiny import TINY_MODELS
+
 __all__ = ["main"]
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from spikemllm_sj.demo import format_table, run_demo, write_outputs
+    from spikemllm_sj.demo import format_table, run_conversion, run_demo, write_outputs
 
     rows, info = run_demo(seed=args.seed)
     path = write_outputs(rows, info, Path(args.out))
-    if args.json:
-        print(json.dumps({"info": info, "rows": [r.as_dict() for r in rows]}, indent=2))
-    else:
+    if not args.json:
         tokens = info["tokens"]
         print(
             f"MSTS spike coding of a [1, {sum(tokens.values())}, {info['dim']}] activation "
@@ -27,16 +27,39 @@ def _demo(args: argparse.Namespace) -> int:
             f"int8 linear {info['dim']}->{info['out_features']} == integer matmul. synops: SpikingJelly SynOpCounter.\n"
         )
         print(format_table(rows))
-        print(f"\nwritten: {path}")
-    return 0 if all(r.exact and r.linear_exact for r in rows) else 1
+    summary, report = run_conversion(args.model, seed=args.seed)
+    out = Path(args.out)
+    (out / "op_report.json").write_text(report.to_json())
+    (out / "op_report.txt").write_text(report.format_table() + "\n")
+    (out / "conversion.json").write_text(json.dumps(summary.as_dict(), indent=2))
+    if args.json:
+        print(json.dumps({"neurons": {"info": info, "rows": [r.as_dict() for r in rows]}, "conversion": summary.as_dict()}, indent=2))
+    else:
+        steps = ", ".join(f"{k} {v:.2f}" for k, v in summary.steps_per_token.items())
+        print(
+            f"\n{summary.model} converted (TC-LIF, Tv/Tt = 3/4, W8, dynamic per-token scales):\n"
+            f"  spiking logits == fake-quant twin, bit for bit: {summary.spike_equals_twin}\n"
+            f"  against FP32 (random weights; reported, not asserted): logit cosine {summary.logit_cosine:.4f}, "
+            f"top-1 agreement {summary.top1_agreement:.3f}\n"
+            f"  greedy tokens, spiking: {summary.generated_spike}\n"
+            f"  greedy tokens, FP32:    {summary.generated_fp32}\n"
+            f"  steps per token: {steps}; {summary.spikes} spikes, {summary.synops} synaptic ops, "
+            f"{summary.non_spiking_flops} non-spiking FLOPs (op report: {out / 'op_report.txt'})"
+        )
+        print(f"\nwritten: {path}, {out / 'conversion.json'}, {out / 'op_report.json'}")
+    ok = all(r.exact and r.linear_exact for r in rows) and summary.spike_equals_twin
+    return 0 if ok else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spikemllm", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="spike-code a tiny mixed text/image sequence and check exactness")
+    demo = sub.add_parser(
+        "demo", help="spike-code a mixed text/image sequence, then convert a tiny offline MLLM and report"
+    )
     demo.add_argument("--out", default="out/demo", help="folder for the JSON results (default: out/demo)")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--model", default="tiny-qwen2-vl", choices=TINY_MODELS, help="tiny offline model to convert")
     demo.add_argument("--json", action="store_true", help="print JSON instead of the table")
     demo.set_defaults(func=_demo)
     return parser

@@ -113,3 +113,60 @@ def write_outputs(rows: list[DemoRow], info: dict, out_dir: Path) -> Path:
     path = out_dir / "neurons.json"
     path.write_text(json.dumps({"info": info, "rows": [r.as_dict() for r in rows]}, indent=2))
     return path
+
+
+@dataclass(frozen=True)
+class ConversionSummary:
+    """The converted tiny model against its fake-quant twin and its FP32 self."""
+
+    model: str
+    spike_equals_twin: bool
+    logit_cosine: float
+    top1_agreement: float
+    generated_spike: list[list[int]]
+    generated_fp32: list[list[int]]
+    steps_per_token: dict[str, float]
+    spikes: int
+    synops: int
+    non_spiking_flops: int
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def run_conversion(model_name: str = "tiny-qwen2-vl", seed: int = 0, new_tokens: int = 6):
+    """Convert a tiny offline model (default Tv/Tt = 3/4), compare, generate, and count its ops.
+
+    :return: the summary and the op report.
+    """
+    from spikemllm_sj.converter import convert, set_mode
+    from spikemllm_sj.report import op_report
+    from spikemllm_sj.tiny import build_tiny_model, tiny_batch
+
+    model = build_tiny_model(model_name, seed=seed)
+    batch = tiny_batch(model, batch_size=2, seed=seed)
+    real = batch["attention_mask"].bool()
+    with torch.no_grad():
+        fp32 = model(**batch).logits
+        generated_fp32 = model.generate(**batch, max_new_tokens=new_tokens, do_sample=False)
+        snn = convert(model)
+        spike = snn(**batch).logits
+        set_mode(snn, "fake_quant")
+        twin = snn(**batch).logits
+        set_mode(snn, "spike")
+        generated = snn.generate(**batch, max_new_tokens=new_tokens, do_sample=False)
+    report = op_report(snn, **batch)
+    prompt = batch["input_ids"].shape[1]
+    summary = ConversionSummary(
+        model=model_name,
+        spike_equals_twin=torch.equal(spike, twin),
+        logit_cosine=float(F.cosine_similarity(spike[real], fp32[real], dim=-1).mean()),
+        top1_agreement=float((spike[real].argmax(-1) == fp32[real].argmax(-1)).float().mean()),
+        generated_spike=generated[:, prompt:].tolist(),
+        generated_fp32=generated_fp32[:, prompt:].tolist(),
+        steps_per_token=report.steps_per_token(),
+        spikes=report.spikes,
+        synops=report.synops,
+        non_spiking_flops=report.non_spiking_flops["total"],
+    )
+    return summary, report

@@ -25,7 +25,20 @@ def test_demo_checks_exactness_and_writes_json(tmp_path, capsys):
 
 def test_demo_json_output(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["info"]["tokens"] == {"text": 16, "image": 16}
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["neurons"]["info"]["tokens"] == {"text": 16, "image": 16}
+    assert printed["conversion"]["model"] == "tiny-qwen2-vl"
+
+
+def test_demo_converts_the_default_tiny_model(tmp_path):
+    assert main(["demo", "--out", str(tmp_path), "--model", "tiny-llava"]) == 0
+    summary = json.loads((tmp_path / "conversion.json").read_text())
+    assert summary["model"] == "tiny-llava" and summary["spike_equals_twin"]
+    assert summary["steps_per_token"] == {"image": 3.0, "text": 4.0}
+    assert len(summary["generated_spike"]) == 2 and len(summary["generated_spike"][0]) == 6
+    report = json.loads((tmp_path / "op_report.json").read_text())
+    assert report["total"]["synops"] == summary["synops"] > 0
+    assert (tmp_path / "op_report.txt").read_text().startswith("Op report")
 
 
 def test_quickstart_example_runs(capsys):
