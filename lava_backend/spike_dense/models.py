@@ -11,6 +11,7 @@ from lava.magma.core.resources import CPU
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 
 # Absolute import: Lava's compiler also executes this file as a bare module named "models".
+from spikemllm_sj.lava_backend._step import relay_step
 from spikemllm_sj.lava_backend.spike_dense.process import SpikeDense
 
 
@@ -25,15 +26,7 @@ class AbstractPySpikeDenseModel(PyLoihiProcessModel):
         raise NotImplementedError
 
     def run_spk(self) -> None:
-        s_in = self.s_in.recv()
-        try:
-            a_out = self.integrate(s_in)
-        except Exception:
-            # Downstream models wait for this step's message; without one they never answer
-            # and Lava's runtime hangs instead of reporting the error.
-            self.a_out.send(np.zeros_like(self.acc))
-            raise
-        self.a_out.send(a_out)
+        relay_step(self.s_in, self.a_out, self.integrate, np.zeros_like(self.acc))
 
     def integrate(self, s_in: np.ndarray) -> np.ndarray:
         """One step of Horner's rule; returns ``acc + bias`` at a window's last step, else zeros."""

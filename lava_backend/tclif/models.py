@@ -12,6 +12,7 @@ from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 
 # Absolute import: Lava's compiler also executes this file as a bare module named "models".
 from spikemllm_sj.lava_backend._fixed_point import INT32_MAX
+from spikemllm_sj.lava_backend._step import relay_step
 from spikemllm_sj.lava_backend.tclif.process import TCLIF
 
 
@@ -30,15 +31,7 @@ class AbstractPyTCLIFModel(PyLoihiProcessModel):
         raise NotImplementedError
 
     def run_spk(self) -> None:
-        a_in = self.a_in.recv()  # received every step, also when it is zero, or the run hangs
-        try:
-            spikes = self.fire(a_in)
-        except Exception:
-            # Downstream models wait for this step's message; without one they never answer
-            # and Lava's runtime hangs instead of reporting the error.
-            self.s_out.send(np.zeros_like(self.v))
-            raise
-        self.s_out.send(spikes)
+        relay_step(self.a_in, self.s_out, self.fire, np.zeros_like(self.v))
 
     def fire(self, a_in: np.ndarray) -> np.ndarray:
         """One step of the neurons: charge, fire and soft reset; returns the spikes."""
