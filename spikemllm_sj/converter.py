@@ -133,6 +133,13 @@ class SpikeMLLMRecipe(ModuleConversionRecipe):
         # Everything that can fail is checked before the first swap, so a failure leaves the
         # model as it was; the swaps then go one layer at a time, each float weight released as
         # its integer copy takes its place (never two copies of the model's weights).
+        offloaded = [path for path, module, *_ in sites if any(p.is_meta for p in module.parameters(recurse=False))]
+        if offloaded:
+            raise ValueError(
+                f"{len(offloaded)} layers have weights on the meta device (offloaded by accelerate, e.g. "
+                f"{offloaded[0]}); converting offloaded weights is not supported: load the model with a "
+                "device_map that keeps every layer on a device (CPU or GPU)"
+            )
         if self.calibration is not None:
             for path, module, *_ in sites:
                 if isinstance(module, nn.Linear):

@@ -193,3 +193,21 @@ def test_tied_embeddings_survive_a_converted_output_head():
     assert torch.equal(snn.get_input_embeddings().weight, before)
     batch = tiny_batch(snn, batch_size=2)
     assert torch.equal(logits(snn, batch, "spike"), logits(snn, batch, "fake_quant"))
+
+
+def test_models_loaded_with_a_device_map_convert(tmp_path):
+    pytest.importorskip("accelerate", reason="device_map loading needs accelerate (the dev extra installs it)")
+    from transformers import Qwen2VLForConditionalGeneration
+
+    build_tiny_model("tiny-qwen2-vl").save_pretrained(tmp_path / "fp32")
+    batch = tiny_batch("tiny-qwen2-vl", batch_size=2)
+    with torch.no_grad():
+        want = convert(build_tiny_model("tiny-qwen2-vl"))(**batch).logits
+        mapped = Qwen2VLForConditionalGeneration.from_pretrained(tmp_path / "fp32", device_map="auto").eval()
+        assert torch.equal(convert(mapped)(**batch).logits, want)
+    offloaded = Qwen2VLForConditionalGeneration.from_pretrained(
+        tmp_path / "fp32", device_map="auto", max_memory={"cpu": "200KB"}, offload_folder=str(tmp_path / "off")
+    ).eval()
+    with pytest.raises(ValueError, match="on the meta device"):
+        convert(offloaded)
+    assert not any(isinstance(m, SpikeLinear) for m in offloaded.modules())
