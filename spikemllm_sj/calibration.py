@@ -1,7 +1,8 @@
 """Static activation scales: ``calibrate(model, batches)`` before ``convert``.
 
 For every linear layer that ``convert`` makes spike-driven, the calibration records the largest
-input magnitude per input channel and token modality over the calibration batches. Static scales
+input magnitude per input channel and token modality over the calibration batches, and, for GPTQ
+weights, the input's second moment ``X^T X`` (the layer's Hessian up to a factor). Static scales
 are per tensor and modality (the maximum over channels, after the quantization method's input
 transform); SmoothQuant uses the per-channel ranges. The statistics are running maxima, so a
 calibration can be resumed with more batches and saved as JSON in between.
@@ -16,6 +17,7 @@ from typing import Iterable, Mapping, Optional
 
 import torch
 import torch.nn as nn
+from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from spikemllm_sj.adapters import adapter_for
@@ -33,6 +35,7 @@ class Calibration:
 
     absmax: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     batches: int = 0
+    hessians: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def update(self, site: str, modality: Modality, channel_absmax: torch.Tensor) -> None:
         per_site = self.absmax.setdefault(site, {})
@@ -47,13 +50,27 @@ class Calibration:
             raise ValueError(f"the calibration has no statistics for {site}: was it made on this model?")
         return {Modality.parse(name): torch.tensor(values) for name, values in self.absmax[site].items()}
 
+    def add_hessian(self, site: str, x2: torch.Tensor) -> None:
+        """Accumulate ``x2^T x2`` of inputs ``[N, in]`` (float64)."""
+        x2 = x2.double()
+        h = x2.T @ x2
+        self.hessians[site] = h if site not in self.hessians else self.hessians[site] + h
+
     def save(self, path: str | Path) -> None:
+        """JSON at ``path``; Hessians, if any, in ``<path>.hessians.safetensors`` beside it."""
         Path(path).write_text(json.dumps({"batches": self.batches, "absmax": self.absmax}, indent=1))
+        if self.hessians:
+            save_file(self.hessians, f"{path}.hessians.safetensors")
 
     @classmethod
     def load(cls, path: str | Path) -> "Calibration":
         data = json.loads(Path(path).read_text())
-        return cls(absmax=data["absmax"], batches=int(data["batches"]))
+        hessians = Path(f"{path}.hessians.safetensors")
+        return cls(
+            absmax=data["absmax"],
+            batches=int(data["batches"]),
+            hessians=load_file(hessians) if hessians.is_file() else {},
+        )
 
 
 def calibrate(
@@ -82,6 +99,8 @@ def calibrate(
             x = args[0].detach()
             check_finite(x, f"input of {site}")
             x3 = x.reshape(-1, x.shape[-2], x.shape[-1]) if x.dim() >= 3 else x.reshape(1, -1, x.shape[-1])
+            if config.weight_method == "gptq":
+                calibration.add_hessian(site, x3.reshape(-1, x3.shape[-1]))
             if fixed is not None:
                 calibration.update(site, fixed, x3.abs().reshape(-1, x3.shape[-1]).amax(0).float())
                 return

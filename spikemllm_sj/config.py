@@ -36,6 +36,8 @@ class SpikeConfig:
         model's precision, as do the embeddings).
     :param method: the ANN quantization method applied at every linear layer
         (:mod:`spikemllm_sj.quantizers`: ``RTN()``, ``SmoothQuant(alpha)``, ``Hadamard()``).
+    :param weight_method: ``"rtn"`` (round-to-nearest) or ``"gptq"`` (GPTQ error feedback with
+        the input Hessians of :func:`~spikemllm_sj.calibration.calibrate`); per output channel.
     :param act_scales: linear-layer input scales: ``"dynamic"`` (per token, absmax) or
         ``"static"`` (per tensor and modality, from :func:`~spikemllm_sj.calibration.calibrate`).
         Attention operands always use dynamic scales.
@@ -48,6 +50,7 @@ class SpikeConfig:
     convert_lm_head: bool = False
     act_scales: Literal["dynamic", "static"] = "dynamic"
     method: QuantMethod = field(default_factory=RTN)
+    weight_method: Literal["rtn", "gptq"] = "rtn"
 
     def __post_init__(self):
         if not isinstance(self.msts, MSTSConfig):
@@ -61,6 +64,8 @@ class SpikeConfig:
             raise TypeError(f"method must be RTN(), SmoothQuant(alpha) or Hadamard(), got {self.method!r}")
         if self.act_scales not in ("dynamic", "static"):
             raise ValueError(f"act_scales must be 'dynamic' or 'static', got {self.act_scales!r}")
+        if self.weight_method not in ("rtn", "gptq"):
+            raise ValueError(f"weight_method must be 'rtn' or 'gptq', got {self.weight_method!r}")
         if self.act_scales == "static" and isinstance(self.method, Hadamard):
             raise ValueError(
                 "act_scales='static' is not supported with Hadamard(): a rotation mixes channels, so the "
@@ -80,6 +85,7 @@ class SpikeConfig:
             "prob_bits": self.prob_bits,
             "convert_lm_head": self.convert_lm_head,
             "act_scales": self.act_scales,
+            "weight_method": self.weight_method,
             "method": {"name": type(self.method).__name__, **dataclasses.asdict(self.method)},
         }
 

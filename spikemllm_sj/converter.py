@@ -108,14 +108,17 @@ class SpikeMLLMRecipe(ModuleConversionRecipe):
     def __init__(self, config: SpikeConfig, calibration: Optional[Calibration] = None):
         if not isinstance(config, SpikeConfig):
             raise TypeError(f"config must be a SpikeConfig, got {type(config).__name__}")
-        needs_calibration = config.act_scales == "static" or isinstance(config.method, SmoothQuant)
+        needs_calibration = (
+            config.act_scales == "static" or isinstance(config.method, SmoothQuant) or config.weight_method == "gptq"
+        )
         if needs_calibration and calibration is None:
             raise ValueError(
-                "act_scales='static' and SmoothQuant need a calibration: convert(model, config, calibration=calibrate(...))"
+                "act_scales='static', SmoothQuant and GPTQ need a calibration: "
+                "convert(model, config, calibration=calibrate(model, batches, config))"
             )
         if not needs_calibration and calibration is not None:
             raise ValueError(
-                "a calibration was given but nothing would use it: use act_scales='static' or SmoothQuant"
+                "a calibration was given but nothing would use it: use act_scales='static', SmoothQuant or GPTQ"
             )
         self.config = config
         self.calibration = calibration
@@ -144,6 +147,11 @@ class SpikeMLLMRecipe(ModuleConversionRecipe):
             for path, module, *_ in sites:
                 if isinstance(module, nn.Linear):
                     self.calibration.channel_absmax_of(path)  # raises for a layer it never saw
+                    if cfg.weight_method == "gptq" and path not in self.calibration.hessians:
+                        raise ValueError(
+                            f"the calibration has no input Hessian for {path}: calibrate with "
+                            "SpikeConfig(weight_method='gptq')"
+                        )
         # Weights that another module shares (tied embeddings) must outlive their linear layer.
         uses = collections.Counter(id(p) for _, p in model.named_parameters(remove_duplicate=False))
         register_attention()
@@ -184,7 +192,8 @@ class SpikeMLLMRecipe(ModuleConversionRecipe):
         cfg = self.config
         ranges = None if self.calibration is None else self.calibration.channel_absmax_of(path)
         all_ranges = None if ranges is None else torch.stack(list(ranges.values())).amax(0)
-        site = SpikeLinear(linear, cfg.msts, cfg.weight_levels, source, cfg.method, all_ranges)
+        hessian = self.calibration.hessians[path] if cfg.weight_method == "gptq" else None
+        site = SpikeLinear(linear, cfg.msts, cfg.weight_levels, source, cfg.method, all_ranges, hessian)
         if cfg.act_scales == "static":
             site.set_static_absmax({m: transformed_absmax(site.transform, r) for m, r in ranges.items()})
         return site

@@ -22,6 +22,7 @@ from spikemllm_sj.neurons import Modality, MSTSConfig, MSTSEncoder, SpikeStats, 
 from spikemllm_sj.quant import IntLevels, absmax_scale, quantize, scale_from_absmax
 from spikemllm_sj.quantizers import RTN, QuantMethod, prepare_linear
 from spikemllm_sj.spike_ops import exact_dtype, spike_matmul
+from spikemllm_sj.weights import quantize_weight
 
 __all__ = [
     "Mode",
@@ -185,8 +186,9 @@ class _MSTSSite(_SpikeSite):
 class SpikeLinear(_MSTSSite):
     """``nn.Linear`` with spike-coded input and integer weights: ``[..., in] -> [..., out]``.
 
-    Weights are quantized per output channel (symmetric round-to-nearest); the input per token,
-    with its modality's levels (MSTS).
+    Weights are quantized per output channel (round-to-nearest, or GPTQ given the input
+    ``hessian``), after the quantization ``method``'s transform; the input per token, with its
+    modality's levels (MSTS).
     """
 
     def __init__(
@@ -197,12 +199,16 @@ class SpikeLinear(_MSTSSite):
         modality: ModalitySource,
         method: QuantMethod = RTN(),
         channel_absmax: Optional[torch.Tensor] = None,
+        hessian: Optional[torch.Tensor] = None,
     ):
         super().__init__(msts, modality)
         self.in_features, self.out_features = linear.in_features, linear.out_features
         weight, self.transform = prepare_linear(method, linear.weight.detach(), channel_absmax)
-        scale = absmax_scale(weight, weight_levels, "token")  # one scale per output row
-        qweight = quantize(weight.float(), scale.float(), weight_levels)
+        if hessian is not None and self.transform is not None:
+            # The quantized weight sees the transformed input x' = x A: its Hessian is A^T H A.
+            a = self.transform(torch.eye(self.in_features, dtype=torch.float64, device=weight.device))
+            hessian = a.T @ hessian.double() @ a
+        qweight, scale = quantize_weight(weight, weight_levels, hessian)
         storage = torch.int8 if weight_levels.bits <= 8 else torch.int16 if weight_levels.bits <= 16 else torch.int32
         self.register_buffer("qweight", qweight.to(storage))
         self.register_buffer("weight_scale", scale.reshape(1, -1).to(weight.dtype))

@@ -75,7 +75,7 @@ def test_method_errors():
     with pytest.raises(TypeError, match="method must be"):
         SpikeConfig(method="gptq")
     model = build_tiny_model("tiny-llava")
-    with pytest.raises(ValueError, match="SmoothQuant need a calibration"):
+    with pytest.raises(ValueError, match="SmoothQuant and GPTQ need a calibration"):
         convert(model, SpikeConfig(method=SmoothQuant()))
     with pytest.raises(ValueError, match="not supported with Hadamard"):
         SpikeConfig(method=Hadamard(), act_scales="static")
