@@ -27,6 +27,9 @@ class ModelAdapter:
     :param language_model: the decoder stack (embeddings excluded from conversion).
     :param lm_head: the output head.
     :param token_id_attrs: config attribute holding the placeholder token id of each visual modality.
+    :param projector_out: the linear layer whose output enters the language model's residual stream
+        (rotated with it by QuaRot).
+    :param residual_vectors: parameters added to the residual stream as they are (rotated too).
     """
 
     model_class: str
@@ -35,6 +38,8 @@ class ModelAdapter:
     language_model: str
     lm_head: str = "lm_head"
     token_id_attrs: tuple[tuple[Modality, str], ...] = ((Modality.IMAGE, "image_token_id"),)
+    projector_out: Optional[str] = None
+    residual_vectors: tuple[str, ...] = ()
 
     def visual_token_ids(self, model: nn.Module) -> dict[Modality, int]:
         ids = {}
@@ -71,10 +76,13 @@ def adapter_for(model: nn.Module) -> ModelAdapter:
 
 _IMAGE_AND_VIDEO = ((Modality.IMAGE, "image_token_id"), (Modality.VIDEO, "video_token_id"))
 
-register_adapter(ModelAdapter("Qwen2VLForConditionalGeneration", "model.visual", None, "model.language_model", token_id_attrs=_IMAGE_AND_VIDEO))
-register_adapter(ModelAdapter("Qwen2_5_VLForConditionalGeneration", "model.visual", None, "model.language_model", token_id_attrs=_IMAGE_AND_VIDEO))
-register_adapter(ModelAdapter("LlavaForConditionalGeneration", "model.vision_tower", "model.multi_modal_projector", "model.language_model"))
-register_adapter(ModelAdapter("LlavaOnevisionForConditionalGeneration", "model.vision_tower", "model.multi_modal_projector", "model.language_model", token_id_attrs=_IMAGE_AND_VIDEO))
-register_adapter(ModelAdapter("InternVLForConditionalGeneration", "model.vision_tower", "model.multi_modal_projector", "model.language_model"))
+_QWEN_MERGER = "model.visual.merger.mlp.2"
+_PROJECTOR_OUT = "model.multi_modal_projector.linear_2"
+
+register_adapter(ModelAdapter("Qwen2VLForConditionalGeneration", "model.visual", None, "model.language_model", token_id_attrs=_IMAGE_AND_VIDEO, projector_out=_QWEN_MERGER))
+register_adapter(ModelAdapter("Qwen2_5_VLForConditionalGeneration", "model.visual", None, "model.language_model", token_id_attrs=_IMAGE_AND_VIDEO, projector_out=_QWEN_MERGER))
+register_adapter(ModelAdapter("LlavaForConditionalGeneration", "model.vision_tower", "model.multi_modal_projector", "model.language_model", projector_out=_PROJECTOR_OUT))
+register_adapter(ModelAdapter("LlavaOnevisionForConditionalGeneration", "model.vision_tower", "model.multi_modal_projector", "model.language_model", token_id_attrs=_IMAGE_AND_VIDEO, projector_out=_PROJECTOR_OUT, residual_vectors=("model.image_newline",)))
+register_adapter(ModelAdapter("InternVLForConditionalGeneration", "model.vision_tower", "model.multi_modal_projector", "model.language_model", projector_out=_PROJECTOR_OUT))
 # Text-only Qwen2, for comparison with SpikingJelly's own Qwen2 recipe: every token is text.
 register_adapter(ModelAdapter("Qwen2ForCausalLM", None, None, "model", token_id_attrs=()))

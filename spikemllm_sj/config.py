@@ -8,7 +8,7 @@ from typing import Literal
 
 from spikemllm_sj.neurons import MSTSConfig, SpikeCode
 from spikemllm_sj.quant import IntLevels
-from spikemllm_sj.quantizers import RTN, Hadamard, QuantMethod, SmoothQuant
+from spikemllm_sj.quantizers import METHODS, RTN, Hadamard, QuantMethod, QuaRot, SmoothQuant
 
 __all__ = ["SpikeConfig"]
 
@@ -60,16 +60,21 @@ class SpikeConfig:
         _check_bits("prob_bits", self.prob_bits, 1, 16)
         if not isinstance(self.convert_lm_head, bool):
             raise TypeError("convert_lm_head must be a bool")
-        if not isinstance(self.method, (RTN, SmoothQuant, Hadamard)):
-            raise TypeError(f"method must be RTN(), SmoothQuant(alpha) or Hadamard(), got {self.method!r}")
+        if not isinstance(self.method, METHODS):
+            raise TypeError(f"method must be RTN(), SmoothQuant(alpha), Hadamard() or QuaRot(), got {self.method!r}")
         if self.act_scales not in ("dynamic", "static"):
             raise ValueError(f"act_scales must be 'dynamic' or 'static', got {self.act_scales!r}")
         if self.weight_method not in ("rtn", "gptq"):
             raise ValueError(f"weight_method must be 'rtn' or 'gptq', got {self.weight_method!r}")
-        if self.act_scales == "static" and isinstance(self.method, Hadamard):
+        if self.act_scales == "static" and isinstance(self.method, (Hadamard, QuaRot)):
             raise ValueError(
-                "act_scales='static' is not supported with Hadamard(): a rotation mixes channels, so the "
-                "calibrated per-channel ranges do not bound the rotated input; use act_scales='dynamic'"
+                f"act_scales='static' is not supported with {type(self.method).__name__}(): a rotation mixes "
+                "channels, so the calibrated per-channel ranges do not bound the rotated input; use act_scales='dynamic'"
+            )
+        if self.weight_method == "gptq" and isinstance(self.method, QuaRot):
+            raise ValueError(
+                "weight_method='gptq' is not supported with QuaRot(): the calibration's Hessians are those "
+                "of the unrotated model"
             )
 
     def to_dict(self) -> dict:
@@ -97,7 +102,7 @@ class SpikeConfig:
         except KeyError:
             raise ValueError("a SpikeConfig dict needs an 'msts' entry") from None
         method = dict(data.pop("method", {"name": "RTN"}))
-        methods = {m.__name__: m for m in (RTN, SmoothQuant, Hadamard)}
+        methods = {m.__name__: m for m in METHODS}
         name = method.pop("name")
         if name not in methods:
             raise ValueError(f"unknown method {name!r}; known: {sorted(methods)}")

@@ -35,7 +35,8 @@ from spikemllm_sj.calibration import Calibration
 from spikemllm_sj.config import SpikeConfig
 from spikemllm_sj.modules import MODES, FixedModality, Mode, SpikeAttention, SpikeLinear, TokenModalities, _SpikeSite
 from spikemllm_sj.neurons import Modality
-from spikemllm_sj.quantizers import SmoothQuant, transformed_absmax
+from spikemllm_sj.quantizers import RTN, Hadamard, QuaRot, SmoothQuant, transformed_absmax
+from spikemllm_sj.rotation import rotate_residual_stream
 
 __all__ = ["SpikeState", "SpikeMLLMRecipe", "convert", "set_mode", "spike_state"]
 
@@ -154,10 +155,12 @@ class SpikeMLLMRecipe(ModuleConversionRecipe):
                         )
         # Weights that another module shares (tied embeddings) must outlive their linear layer.
         uses = collections.Counter(id(p) for _, p in model.named_parameters(remove_duplicate=False))
+        if isinstance(cfg.method, QuaRot):
+            rotate_residual_stream(model, adapter)
         register_attention()
         for path, module, parent, attr, source in sites:
             if isinstance(module, nn.Linear):
-                setattr(parent, attr, self._spike_linear(path, module, source))
+                setattr(parent, attr, self._spike_linear(path, module, source, self._method_for(path, adapter)))
                 if uses[id(module.weight)] == 1:
                     # Release the float weight now: the converter still references the old module.
                     module.weight.data = module.weight.data.new_empty(0)
@@ -188,12 +191,21 @@ class SpikeMLLMRecipe(ModuleConversionRecipe):
                     sites.append((full, module, model.get_submodule(parent_name), attr, source))
         return sites
 
-    def _spike_linear(self, path: str, linear: nn.Linear, source) -> SpikeLinear:
+    def _method_for(self, path: str, adapter: ModelAdapter):
+        """The per-layer quantization method of the layer at ``path``."""
+        method = self.config.method
+        if not isinstance(method, QuaRot):
+            return method
+        # The residual stream is rotated already; the down-projection input rotates online.
+        is_down = path.startswith(f"{adapter.language_model}.") and path.endswith(".mlp.down_proj")
+        return Hadamard() if is_down else RTN()
+
+    def _spike_linear(self, path: str, linear: nn.Linear, source, method) -> SpikeLinear:
         cfg = self.config
         ranges = None if self.calibration is None else self.calibration.channel_absmax_of(path)
         all_ranges = None if ranges is None else torch.stack(list(ranges.values())).amax(0)
         hessian = self.calibration.hessians[path] if cfg.weight_method == "gptq" else None
-        site = SpikeLinear(linear, cfg.msts, cfg.weight_levels, source, cfg.method, all_ranges, hessian)
+        site = SpikeLinear(linear, cfg.msts, cfg.weight_levels, source, method, all_ranges, hessian)
         if cfg.act_scales == "static":
             site.set_static_absmax({m: transformed_absmax(site.transform, r) for m, r in ranges.items()})
         return site

@@ -11,9 +11,11 @@ adding one never touches the converter.
 * :class:`SmoothQuant`: per-input-channel scales ``s_j = max|X_j|**alpha / max|W_j|**(1-alpha)``
   from the calibration move outliers from activations to weights (``x' = x / s``, ``W' = W s``).
 * :class:`Hadamard`: an orthonormal Hadamard rotation of the input (``x' = x H``, ``W' = W H``)
-  spreads outlier channels over all channels (QuaRot's online rotation, applied at every linear
-  input; QuaRot additionally folds the residual-stream rotation into the weights, which this
-  module does not do yet).
+  spreads outlier channels over all channels (online, at every linear input).
+* :class:`QuaRot`: the language model's residual stream rotated once, folded into the weights
+  (:mod:`spikemllm_sj.rotation`), plus the online rotation of the MLP down-projection input; other
+  layers round to nearest. A model-level method: its handler rewrites the model before conversion
+  and says which layers get which per-layer method.
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ __all__ = [
     "RTN",
     "SmoothQuant",
     "Hadamard",
+    "QuaRot",
     "QuantMethod",
+    "METHODS",
     "register_method",
     "prepare_linear",
     "transformed_absmax",
@@ -58,7 +62,13 @@ class Hadamard:
     """Online Hadamard rotation of every spike-coded linear input."""
 
 
-QuantMethod = Union[RTN, SmoothQuant, Hadamard]
+@dataclass(frozen=True)
+class QuaRot:
+    """Residual-stream rotation folded into the weights plus online down-projection rotation."""
+
+
+QuantMethod = Union[RTN, SmoothQuant, Hadamard, QuaRot]
+METHODS: tuple[type, ...] = (RTN, SmoothQuant, Hadamard, QuaRot)
 Handler = Callable[[QuantMethod, torch.Tensor, Optional[torch.Tensor]], tuple[torch.Tensor, Optional[nn.Module]]]
 _HANDLERS: dict[type, Handler] = {}
 

@@ -32,3 +32,13 @@ def test_config_dict_round_trip():
 def test_loading_an_incomplete_folder_fails_clearly(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing config.json, spike_config.json, model.safetensors"):
         load_spiking(tmp_path)
+
+
+def test_round_trip_of_a_rotated_model(tmp_path):
+    from spikemllm_sj.quantizers import QuaRot
+
+    model = convert(build_tiny_model("tiny-internvl"), SpikeConfig(method=QuaRot()))  # tied embeddings
+    batch = tiny_batch(model, batch_size=2)
+    save_spiking(model, tmp_path)
+    with torch.no_grad():
+        assert torch.equal(load_spiking(tmp_path)(**batch).logits, model(**batch).logits)
