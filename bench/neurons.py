@@ -4,7 +4,7 @@ Run by hand (``make bench`` or ``python bench/neurons.py``); writes a Markdown t
 ``bench/results/neurons.md`` and prints it. Activation ``[4, 1024, 4096]`` float32, per-token
 absmax scales, inference (no autograd). Trains that would not fit in memory at once are processed
 in token chunks (same chunking for every row of a given step count); times are the best of
-``--repeats`` runs.
+``--repeats`` rounds, timed round-robin.
 
 Targets (issue #2): TC-LIF >= 4x / 30x the throughput of binary rate coding at L = 16 / 256,
 >= 2x / 15x that of bidirectional rate coding, and an encode+decode round trip within (T+1)x
@@ -14,6 +14,7 @@ the time of a plain fake-quantize.
 from __future__ import annotations
 
 import argparse
+import functools
 import platform
 import time
 from pathlib import Path
@@ -27,14 +28,18 @@ from spikemllm_sj.quant import IntLevels, absmax_scale, fake_quantize
 CHUNK_BYTES = 1 << 30  # spike trains are processed in token chunks of at most 1 GiB
 
 
-def best_time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+def best_times(fns: dict, repeats: int) -> dict:
+    """Best wall time of each function, timed round-robin after one warm-up round, so that every
+    row meets the same allocator and cache state (64 MB temporaries make page faults a large,
+    state-dependent share of a pass)."""
+    times = {name: [] for name in fns}
+    for round_ in range(repeats + 1):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            if round_:
+                times[name].append(time.perf_counter() - start)
+    return {name: min(t) for name, t in times.items()}
 
 
 def chunks(x: torch.Tensor, scale: torch.Tensor, steps: int):
@@ -83,23 +88,23 @@ def main():
         for L in args.levels:
             levels = IntLevels(L)
             scale = absmax_scale(x, levels, "token")
-            t_fq = best_time(lambda: fake_quantize(x, scale, levels), args.repeats)
             coders = {
                 "TC-LIF": TCLIFNode(L),
                 "bidirectional rate": BidirectionalRateNode(L),
                 "binary rate (offset code)": BinaryRateNode(L),
             }
-            rows = [("fake-quantize (round, clamp, rescale)", 0, t_fq)]
-            for name, node in coders.items():
-                rows.append((name, node.steps, best_time(lambda: round_trip(node, x, scale), args.repeats)))
-            for name, node in coders.items():
-                rows.append(
-                    (
-                        f"SpikingJelly IFNode at T of {name}",
-                        node.steps,
-                        best_time(lambda: if_node_round_trip(node.steps, x, scale), 1),
-                    )
-                )
+            ours = {"fake-quantize (round, clamp, rescale)": lambda: fake_quantize(x, scale, levels)}
+            ours.update({name: functools.partial(round_trip, node, x, scale) for name, node in coders.items()})
+            t = best_times(ours, args.repeats)
+            t_fq = t["fake-quantize (round, clamp, rescale)"]
+            rows = [(name, coders[name].steps if name in coders else 0, t[name]) for name in ours]
+            # SpikingJelly's IFNode is slow at hundreds of steps: one timed run each.
+            stock = {
+                f"SpikingJelly IFNode at T of {name}": functools.partial(if_node_round_trip, node.steps, x, scale)
+                for name, node in coders.items()
+            }
+            t = best_times(stock, 1)
+            rows += [(name, node.steps, t[name]) for name, node in zip(stock, coders.values())]
             t_tc = rows[1][2]
             for name, steps, t in rows:
                 speedup = "" if name.startswith("fake") or name == "TC-LIF" else f"{t / t_tc:.1f}x"
