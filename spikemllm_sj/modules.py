@@ -209,7 +209,7 @@ class SpikeLinear(_MSTSSite):
             a = self.transform(torch.eye(self.in_features, dtype=torch.float64, device=weight.device))
             hessian = a.T @ hessian.double() @ a
         qweight, scale = quantize_weight(weight, weight_levels, hessian)
-        storage = torch.int8 if weight_levels.bits <= 8 else torch.int16 if weight_levels.bits <= 16 else torch.int32
+        storage = torch.int8 if weight_levels.bits <= 8 else torch.int16  # IntLevels has at most 16 bits
         self.register_buffer("qweight", qweight.to(storage))
         self.register_buffer("weight_scale", scale.reshape(1, -1).to(weight.dtype))
         self.weight_levels = weight_levels
