@@ -8,6 +8,9 @@ simulated on Intel's Lava (lava-nc 0.10.0, ``Loihi2SimCfg``, floating or int32 f
 * :class:`SpikeLinearSpec`: a spike-driven linear layer as a converter describes it.
 * :func:`to_lava` maps a ``SpikeCodingNode`` or a ``SpikeLinearSpec`` to a :class:`LavaNetwork`;
   :func:`run_lava` runs it on a token stream and reads the outputs back.
+* ``.blocks``: converted layers of a real model on Lava, equal to PyTorch bit for bit:
+  :func:`spec_from_spike_linear`, :func:`run_spike_linear`, :func:`run_mlp`,
+  :func:`run_attention_projections`, and :func:`check_layer` (capture a layer's input, compare).
 
 lava-nc 0.10.0 does not import on Python 3.11 as released, so this package first makes it
 importable (:func:`ensure_lava_importable`): import it before anything from ``lava``. The names
@@ -31,6 +34,15 @@ _LAZY = {
     "to_lava": ".network",
     "run_lava": ".runner",
     "LavaRunError": ".runner",
+    "spec_from_spike_linear": ".blocks",
+    "run_spike_linear": ".blocks",
+    "run_spike_linears": ".blocks",
+    "run_mlp": ".blocks",
+    "run_attention_projections": ".blocks",
+    "check_layer": ".blocks",
+    "lava_layers": ".blocks",
+    "LavaBlockResult": ".blocks",
+    "LayerCheck": ".blocks",
 }
 
 __all__ = ["ensure_lava_importable", *_LAZY]

@@ -51,6 +51,43 @@ def _demo(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _lava(args: argparse.Namespace) -> int:
+    import time
+
+    import torch
+
+    from spikemllm_sj.converter import convert
+    from spikemllm_sj.lava_backend import check_layer
+    from spikemllm_sj.tiny import build_tiny_model, tiny_batch
+
+    start = time.perf_counter()
+    model = build_tiny_model(args.model, seed=args.seed)
+    batch = tiny_batch(model, batch_size=2, seed=args.seed)
+    with torch.no_grad():
+        convert(model)
+    build_seconds = time.perf_counter() - start
+    try:
+        check = check_layer(model, args.layer, batch, precision=args.precision)
+    except (ValueError, TypeError) as error:
+        print(f"spikemllm lava: error: {error}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({"model": args.model, "build_seconds": build_seconds, **check.as_dict()}, indent=2))
+    else:
+        tokens = ", ".join(f"{n} {c} ({check.steps[n]} steps each)" for n, c in check.tokens.items())
+        parts = {"linear": "one SpikeLinear", "mlp": "gate+up and down in Lava, act_fn(gate)*up on the host",
+                 "qkv": "q/k/v projections as one SpikeDense"}[check.kind]
+        print(
+            f"{args.model}, converted (TC-LIF, MSTS, W8, dynamic per-token scales); layer {check.layer} "
+            f"[{check.kind}: {parts}] on Lava ({check.precision}) vs PyTorch spike mode\n"
+            f"  tokens: {tokens}; {check.lava_steps} Lava steps in {check.lava_runs} runs\n"
+            f"  max abs difference: {check.max_abs_diff:g}; exact (bit for bit): {'yes' if check.exact else 'no'}\n"
+            f"  wall time: Lava {check.lava_seconds:.2f} s, PyTorch {check.torch_seconds * 1e3:.1f} ms, "
+            f"build + convert {build_seconds:.2f} s"
+        )
+    return 0 if check.exact else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spikemllm", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -62,6 +99,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--model", default="tiny-qwen2-vl", choices=TINY_MODELS, help="tiny offline model to convert")
     demo.add_argument("--json", action="store_true", help="print JSON instead of the table")
     demo.set_defaults(func=_demo)
+    lava = sub.add_parser(
+        "lava", help="run one converted layer of a tiny model on Lava and check it equals PyTorch bit for bit"
+    )
+    lava.add_argument("--model", default="tiny-qwen2-vl", choices=TINY_MODELS, help="tiny offline model to convert")
+    lava.add_argument(
+        "--layer",
+        default="model.language_model.layers.0.mlp",
+        help="module path: a converted linear layer, a gated MLP, or an attention module (its q/k/v projections)",
+    )
+    lava.add_argument("--precision", default="fixed_pt", choices=("fixed_pt", "floating_pt"))
+    lava.add_argument("--seed", type=int, default=0)
+    lava.add_argument("--json", action="store_true", help="print JSON instead of text")
+    lava.set_defaults(func=_lava)
     return parser
 
 

@@ -1,0 +1,375 @@
+"""Converted layers of a spike-driven model on Lava, checked against PyTorch bit for bit.
+
+A :class:`~spikemllm_sj.modules.SpikeLinear` computes ``y = (W @ q) * scale * weight_scale + bias``
+for integer weights ``W`` and the integer levels ``q`` of its (per-token scaled, MSTS-coded)
+input. On Lava the work splits as follows:
+
+* **host** (PyTorch, the module's own code path): the layer's input transform (if any), the
+  per-token scales (``_token_scale``: dynamic absmax, or the static calibration) and the levels
+  (``MSTSEncoder.quantize``), identical to the module's; after Lava, the rescaling
+  ``acc * scale * weight_scale + bias`` in the module's exact accumulation dtype.
+* **Lava** (:func:`~spikemllm_sj.lava_backend.run_lava`): ``TCLIF`` neurons turn each token's levels
+  into the modality's spikes and ``SpikeDense`` integrates ``W @ q`` from them, exactly.
+
+The Lava ``TCLIF`` takes one spike code (and one per-tensor scale) per network, so tokens run in
+one network per modality present, each with that modality's code. Per-token scales stay on the
+host: the network is fed integer levels (``fixed_pt``; or the same integers as floats with scale
+1 for ``floating_pt``), which is exact because the levels *are* what the spikes encode and the
+scale only multiplies the integer result afterwards.
+
+Layers that share one input (an MLP's gate and up projections; an attention module's q/k/v) and
+quantize it identically run as one ``SpikeDense`` with the weights stacked along the outputs:
+the same spikes drive every projection. The MLP's activation ``act_fn(gate) * up`` runs on the
+host with the MLP's own torch ops on the decoded (rescaled) values; the down projection then runs
+on Lava again. Every linear being exact and the host ops being the same torch ops, blocks are
+equal to the converted PyTorch modules bit for bit.
+"""
+
+from __future__ import annotations
+
+import difflib
+import time
+import typing as ty
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+
+from spikemllm_sj.lava_backend.network import PRECISIONS, Precision, to_lava
+from spikemllm_sj.lava_backend.runner import run_lava
+from spikemllm_sj.lava_backend.spec import SpikeLinearSpec
+from spikemllm_sj.modules import SpikeLinear
+from spikemllm_sj.neurons import Modality
+from spikemllm_sj.spike_ops import exact_dtype
+
+__all__ = [
+    "LavaBlockResult",
+    "LayerCheck",
+    "spec_from_spike_linear",
+    "run_spike_linear",
+    "run_spike_linears",
+    "run_mlp",
+    "run_attention_projections",
+    "check_layer",
+    "lava_layers",
+]
+
+ModalityArg = ty.Union[Modality, int, str, torch.Tensor, None]
+
+
+@dataclass
+class LavaBlockResult:
+    """Outputs of a block run on Lava and what the run took.
+
+    :param outputs: output tensors by name (``"output"`` for one layer or a block; ``"q_proj"``,
+        ``"k_proj"``, ``"v_proj"`` for a projection group).
+    :param tokens: tokens of the input, per modality name.
+    :param steps: time steps per token of each modality's code.
+    :param lava_steps: Lava time steps run in all (tokens times steps, over all stages).
+    :param lava_runs: Lava networks run (one per modality and stage).
+    :param lava_seconds: wall time of the Lava runs (compile, start, run, read back, stop).
+    """
+
+    outputs: dict[str, torch.Tensor]
+    tokens: dict[str, int] = field(default_factory=dict)
+    steps: dict[str, int] = field(default_factory=dict)
+    lava_steps: int = 0
+    lava_runs: int = 0
+    lava_seconds: float = 0.0
+
+    @property
+    def output(self) -> torch.Tensor:
+        return self.outputs["output"]
+
+    def _merge(self, other: "LavaBlockResult") -> None:
+        for name, count in other.tokens.items():  # the same tokens pass every stage
+            self.tokens[name] = max(self.tokens.get(name, 0), count)
+        self.steps.update(other.steps)
+        self.lava_steps += other.lava_steps
+        self.lava_runs += other.lava_runs
+        self.lava_seconds += other.lava_seconds
+
+
+def _check_module(module) -> SpikeLinear:
+    if not isinstance(module, SpikeLinear):
+        raise TypeError(f"expected a converted SpikeLinear, got {type(module).__name__}")
+    return module
+
+
+def spec_from_spike_linear(module: SpikeLinear, modality: ty.Union[Modality, int, str]) -> SpikeLinearSpec:
+    """The Lava layer of ``module`` for tokens of ``modality``: its integer weights ``qweight``
+    ``[out, in]`` and the spike code of that modality (``module.encoder.config.code_of``).
+
+    The spec's scale is 1: the network is fed integer levels, already divided by each token's own
+    scale on the host (see the module docstring), and the host multiplies ``W @ q`` by the token
+    scales and ``weight_scale`` afterwards.
+    """
+    module = _check_module(module)
+    code = module.encoder.config.code_of(Modality.parse(modality))
+    return SpikeLinearSpec(weight=module.qweight, code=code, scale=1.0, weight_bits=module.weight_levels.bits)
+
+
+def _token_ids(module: SpikeLinear, modality: ModalityArg, shape: tuple[int, int]) -> torch.Tensor:
+    """Modality ids ``[B, L]`` of the tokens ``x3`` ``[B, L, in]``."""
+    if modality is None:
+        return module.modality(*shape)  # the module's own source (the converted model's current tokens)
+    if torch.is_tensor(modality):
+        if modality.numel() != shape[0] * shape[1] or modality.is_floating_point():
+            raise ValueError(
+                f"modality ids must be an integer tensor with one id per token ({shape[0] * shape[1]}), "
+                f"got dtype {modality.dtype} and shape {tuple(modality.shape)}"
+            )
+        return modality.reshape(shape).long()
+    return torch.full(shape, int(Modality.parse(modality)), dtype=torch.long)
+
+
+def _host_levels(module: SpikeLinear, x: torch.Tensor, modality: ModalityArg):
+    """``SpikeLinear.forward`` up to the integer product: ``(x after transform, x3, ids, levels, scale, dtype)``."""
+    if x.shape[-1] != module.in_features:
+        raise ValueError(f"input has {x.shape[-1]} features, the layer expects {module.in_features}")
+    if module.transform is not None:
+        x = module.transform(x)
+    x3 = x.reshape(-1, x.shape[-2], x.shape[-1]) if x.dim() >= 3 else x.reshape(1, -1, x.shape[-1])
+    ids = _token_ids(module, modality, tuple(x3.shape[:2])).to(x3.device)
+    qmax = max(code.levels.qmax + code.offset for code in module.encoder.config.codes.values())
+    dtype = exact_dtype(float(qmax) * module.weight_levels.qmax * x3.shape[-1], x3.dtype)
+    levels, scale = module.encoder.quantize(x3, ids, module._token_scale(ids, x3.dtype))
+    return x, x3, ids, levels, scale, dtype
+
+
+def run_spike_linears(
+    modules: ty.Sequence[SpikeLinear],
+    x: torch.Tensor,
+    modality: ModalityArg = None,
+    *,
+    precision: Precision = "fixed_pt",
+    names: ty.Optional[ty.Sequence[str]] = None,
+) -> LavaBlockResult:
+    """Run converted layers that take the same input ``x`` ``[..., in]`` on Lava.
+
+    :param modality: the modality of every token, or their ids (one per token of ``x``); ``None``
+        asks the layers' own modality source (the converted model's tokens of its last forward).
+    :param names: output names (default ``"output"`` for one layer, else ``"0"``, ``"1"``, ...).
+    :returns: each layer's output, equal to ``module(x)`` in ``"spike"`` mode bit for bit.
+
+    Layers whose levels and scales of ``x`` come out identical (same transform, scales and codes:
+    always so for plain dynamic or static RTN layers) share one ``SpikeDense`` with stacked weights;
+    the others run on their own.
+    """
+    modules = [_check_module(m) for m in modules]
+    if not modules:
+        raise ValueError("no layers to run")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    names = list(names) if names is not None else (["output"] if len(modules) == 1 else [str(i) for i in range(len(modules))])
+    if len(names) != len(modules):
+        raise ValueError(f"{len(names)} names for {len(modules)} layers")
+    x = x.detach()
+    hosts = [_host_levels(m, x, modality) for m in modules]
+    # Group the layers whose Lava input (levels, ids, codes, weight width) is the same.
+    groups: list[list[int]] = []
+    for i, (mod, host) in enumerate(zip(modules, hosts)):
+        for group in groups:
+            first, first_host = modules[group[0]], hosts[group[0]]
+            if (
+                mod.encoder.config == first.encoder.config
+                and mod.weight_levels.bits == first.weight_levels.bits
+                and torch.equal(host[2], first_host[2])
+                and torch.equal(host[3], first_host[3])
+            ):
+                group.append(i)
+                break
+        else:
+            groups.append([i])
+    result = LavaBlockResult(outputs={})
+    for group in groups:
+        _, x3, ids, levels, _, _ = hosts[group[0]]
+        weight = torch.cat([modules[i].qweight for i in group], dim=0)
+        sizes = [modules[i].out_features for i in group]
+        acc = torch.zeros(*x3.shape[:2], sum(sizes), dtype=torch.int64)
+        for m in sorted(torch.unique(ids).tolist()):
+            modality_m = Modality(m)
+            mask = ids == m
+            spec = spec_from_spike_linear(modules[group[0]], modality_m)
+            spec = SpikeLinearSpec(weight=weight, code=spec.code, scale=1.0, weight_bits=spec.weight_bits)
+            q = levels[mask].cpu()
+            inputs = q.to(torch.int64) if precision == "fixed_pt" else q.double()
+            start = time.perf_counter()
+            acc[mask.cpu()] = run_lava(to_lava(spec, precision=precision), inputs)
+            result.lava_seconds += time.perf_counter() - start
+            name = modality_m.name.lower()
+            result.tokens[name] = result.tokens.get(name, 0) + q.shape[0]
+            result.steps[name] = spec.code.steps
+            result.lava_steps += q.shape[0] * spec.code.steps
+            result.lava_runs += 1
+        for i, part in zip(group, acc.split(sizes, dim=-1)):
+            module, (xt, _, _, _, scale, dtype) = modules[i], hosts[i]
+            # SpikeLinear.forward's rescaling, on the exact integer accumulation from Lava.
+            part = part.to(device=xt.device, dtype=dtype)
+            y = (part * scale.to(dtype) * module.weight_scale.to(dtype)).to(xt.dtype)
+            if module.bias is not None:
+                y = y + module.bias
+            result.outputs[names[i]] = y.reshape(*xt.shape[:-1], module.out_features)
+    result.outputs = {name: result.outputs[name] for name in names}
+    return result
+
+
+def run_spike_linear(
+    module: SpikeLinear, x: torch.Tensor, modality: ModalityArg = None, *, precision: Precision = "fixed_pt"
+) -> LavaBlockResult:
+    """Run one converted :class:`SpikeLinear` on Lava (see :func:`run_spike_linears`);
+    ``.output`` equals ``module(x)`` in ``"spike"`` mode bit for bit."""
+    return run_spike_linears([module], x, modality, precision=precision)
+
+
+def _mlp_layers(mlp: nn.Module) -> tuple[SpikeLinear, SpikeLinear, SpikeLinear, ty.Callable]:
+    parts = [getattr(mlp, name, None) for name in ("gate_proj", "up_proj", "down_proj")]
+    if not all(isinstance(p, SpikeLinear) for p in parts) or not callable(getattr(mlp, "act_fn", None)):
+        raise TypeError(
+            f"{type(mlp).__name__} is not a converted gated MLP (gate_proj, up_proj, down_proj as SpikeLinear, and act_fn)"
+        )
+    return (*parts, mlp.act_fn)
+
+
+def run_mlp(mlp: nn.Module, x: torch.Tensor, modality: ModalityArg = None, *, precision: Precision = "fixed_pt") -> LavaBlockResult:
+    """A converted Llama/Qwen2-style MLP ``down(act_fn(gate(x)) * up(x))`` on Lava.
+
+    gate and up run in Lava as one ``SpikeDense`` driven by the same input spikes; ``act_fn(gate) * up``
+    runs on the host (the MLP's own torch ops, on the decoded values); down runs in Lava.
+    ``.output`` equals ``mlp(x)`` of the converted model (``"spike"`` mode) bit for bit.
+    """
+    gate, up, down, act_fn = _mlp_layers(mlp)
+    first = run_spike_linears([gate, up], x, modality, precision=precision, names=["gate_proj", "up_proj"])
+    hidden = act_fn(first.outputs["gate_proj"]) * first.outputs["up_proj"]
+    second = run_spike_linear(down, hidden, modality, precision=precision)
+    first._merge(second)
+    first.outputs = {"output": second.output}
+    return first
+
+
+PROJECTIONS = ("q_proj", "k_proj", "v_proj")
+
+
+def run_attention_projections(
+    attention: nn.Module, x: torch.Tensor, modality: ModalityArg = None, *, precision: Precision = "fixed_pt"
+) -> LavaBlockResult:
+    """The q/k/v projections of a converted attention module on one input ``x`` (its hidden
+    states), in Lava as one ``SpikeDense`` driven by the same spikes; outputs ``"q_proj"``,
+    ``"k_proj"``, ``"v_proj"``, each equal to the PyTorch projection bit for bit."""
+    layers = [getattr(attention, name, None) for name in PROJECTIONS]
+    if not all(isinstance(p, SpikeLinear) for p in layers):
+        raise TypeError(f"{type(attention).__name__} has no converted q_proj, k_proj and v_proj (SpikeLinear)")
+    return run_spike_linears(layers, x, modality, precision=precision, names=PROJECTIONS)
+
+
+def _kind(module: nn.Module) -> ty.Optional[str]:
+    if isinstance(module, SpikeLinear):
+        return "linear"
+    if all(isinstance(getattr(module, n, None), SpikeLinear) for n in ("gate_proj", "up_proj", "down_proj")) and callable(
+        getattr(module, "act_fn", None)
+    ):
+        return "mlp"
+    if all(isinstance(getattr(module, n, None), SpikeLinear) for n in PROJECTIONS):
+        return "qkv"
+    return None
+
+
+def lava_layers(model: nn.Module) -> list[str]:
+    """Paths of the modules that :func:`check_layer` can run: SpikeLinears, gated MLPs, q/k/v groups."""
+    return [name for name, module in model.named_modules() if name and _kind(module) is not None]
+
+
+@dataclass
+class LayerCheck:
+    """Equivalence of one converted layer on Lava and in PyTorch (:func:`check_layer`)."""
+
+    layer: str
+    kind: str  # "linear", "mlp" (gate/up + down) or "qkv" (q/k/v projections)
+    precision: str
+    max_abs_diff: float
+    exact: bool
+    tokens: dict[str, int]
+    steps: dict[str, int]
+    lava_steps: int
+    lava_runs: int
+    lava_seconds: float
+    torch_seconds: float
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def check_layer(model: nn.Module, layer: str, batch: dict, *, precision: Precision = "fixed_pt") -> LayerCheck:
+    """Capture ``layer``'s real input on ``batch`` (a forward hook on the converted ``model``), run
+    the layer on Lava and in PyTorch (``"spike"`` mode), and compare the outputs.
+
+    :param layer: a path from :func:`lava_layers`: a SpikeLinear, a gated MLP or an attention
+        module (its q/k/v projections).
+    :raises ValueError: for an unknown path; ``TypeError`` for a module that cannot run on Lava.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    names = dict(model.named_modules())
+    if layer not in names or not layer:
+        valid = lava_layers(model)
+        close = difflib.get_close_matches(layer, valid, n=3, cutoff=0.6)
+        examples = close or [p for p in valid if ".layers.0." in p][:6] or valid[:6]
+        raise ValueError(f"unknown layer {layer!r}; valid layers include: {', '.join(examples)}")
+    module = names[layer]
+    kind = _kind(module)
+    if kind is None:
+        raise TypeError(
+            f"{layer} is a {type(module).__name__}, which cannot run on Lava: give a SpikeLinear, a gated MLP "
+            f"(gate_proj/up_proj/down_proj) or an attention module with q_proj/k_proj/v_proj"
+        )
+    source = module if kind == "linear" else module.gate_proj if kind == "mlp" else module.q_proj
+    captured = {}
+
+    def hook(mod, args, kwargs):
+        x = args[0] if args else kwargs["hidden_states"]
+        x3_shape = (-1, x.shape[-2]) if x.dim() >= 3 else (1, -1)
+        captured["x"] = x.detach().clone()
+        ids_shape = x.reshape(*x3_shape, x.shape[-1]).shape[:2]
+        captured["ids"] = source.modality(*ids_shape).clone()
+
+    handle = module.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            model(**batch)
+    finally:
+        handle.remove()
+    if "x" not in captured:
+        raise ValueError(f"{layer} was not called on this batch")
+    x, ids = captured["x"], captured["ids"]
+    sites = [m for m in module.modules() if isinstance(m, SpikeLinear)]
+    old_modes = [m.mode for m in sites]
+    try:
+        for m in sites:
+            m.set_mode("spike")
+        with torch.no_grad():
+            start = time.perf_counter()
+            if kind in ("linear", "mlp"):
+                reference = {"output": module(x)}
+            else:
+                reference = {name: getattr(module, name)(x) for name in PROJECTIONS}
+            torch_seconds = time.perf_counter() - start
+            run = {"linear": run_spike_linear, "mlp": run_mlp, "qkv": run_attention_projections}[kind]
+            result = run(module, x, ids, precision=precision)
+    finally:
+        for m, mode in zip(sites, old_modes):
+            m.set_mode(mode)
+    diff = max(float((result.outputs[k].double() - v.double()).abs().max()) for k, v in reference.items())
+    exact = all(torch.equal(result.outputs[k], v) for k, v in reference.items())
+    return LayerCheck(
+        layer=layer,
+        kind=kind,
+        precision=precision,
+        max_abs_diff=diff,
+        exact=exact,
+        tokens=result.tokens,
+        steps=result.steps,
+        lava_steps=result.lava_steps,
+        lava_runs=result.lava_runs,
+        lava_seconds=result.lava_seconds,
+        torch_seconds=torch_seconds,
+    )

@@ -1,0 +1,162 @@
+"""Converted layers of a real (tiny) converted model on Lava, against PyTorch bit for bit.
+
+The inputs are the layers' real inputs on ``tiny_batch`` (captured with forward hooks), with text
+and image tokens: each modality runs in a Lava network of its own code (4 and 3 steps).
+"""
+
+import json
+
+import pytest
+import torch
+
+from spikemllm_sj import SpikeConfig, calibrate, convert
+from spikemllm_sj.cli import main
+from spikemllm_sj.lava_backend import (
+    check_layer,
+    lava_layers,
+    run_attention_projections,
+    run_mlp,
+    run_spike_linear,
+    spec_from_spike_linear,
+)
+from spikemllm_sj.modules import SpikeLinear
+from spikemllm_sj.neurons import Modality
+from spikemllm_sj.quantizers import SmoothQuant
+from spikemllm_sj.tiny import build_tiny_model, tiny_batch
+
+LAYER0 = "model.language_model.layers.0"
+
+
+@pytest.fixture(scope="module")
+def converted():
+    model = build_tiny_model("tiny-qwen2-vl")
+    batch = tiny_batch(model, batch_size=2)
+    with torch.no_grad():
+        convert(model)
+    return model, batch
+
+
+def captured_input(model, batch, path):
+    """The real input of ``path`` on ``batch`` and its tokens' modality ids."""
+    module = model.get_submodule(path)
+    source = next(m for m in module.modules() if isinstance(m, SpikeLinear))
+    seen = {}
+
+    def hook(mod, args, kwargs):
+        x = args[0] if args else kwargs["hidden_states"]
+        seen["x"] = x.detach().clone()
+        seen["ids"] = source.modality(*x.shape[:2]).clone()
+
+    handle = module.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            model(**batch)
+    finally:
+        handle.remove()
+    return module, seen["x"], seen["ids"]
+
+
+def test_spec_from_spike_linear(converted):
+    model, _ = converted
+    layer = model.get_submodule(f"{LAYER0}.mlp.gate_proj")
+    codes = layer.encoder.config.codes
+    for modality in (Modality.TEXT, Modality.IMAGE):
+        spec = spec_from_spike_linear(layer, modality)
+        assert torch.equal(spec.weight, layer.qweight.to(torch.int32))
+        assert spec.code == codes[modality] and spec.scale == 1.0 and spec.weight_bits == 8
+    assert spec_from_spike_linear(layer, "text").code.steps == 4
+    with pytest.raises(TypeError, match="SpikeLinear"):
+        spec_from_spike_linear(torch.nn.Linear(2, 2), Modality.TEXT)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("precision", ["fixed_pt", "floating_pt"])
+def test_spike_linear_on_lava_equals_pytorch(converted, precision):
+    model, batch = converted
+    layer, x, ids = captured_input(model, batch, f"{LAYER0}.mlp.gate_proj")
+    assert set(ids.unique().tolist()) == {int(Modality.TEXT), int(Modality.IMAGE)}
+    result = run_spike_linear(layer, x, ids, precision=precision)
+    with torch.no_grad():
+        expected = layer(x)
+    assert result.output.dtype == expected.dtype and torch.equal(result.output, expected)
+    assert result.tokens == {"text": int((ids == 0).sum()), "image": int((ids == 1).sum())}
+    assert result.steps == {"text": 4, "image": 3} and result.lava_runs == 2
+    # Not vacuous: running every token with the text code (wrong for the image tokens) differs.
+    wrong = run_spike_linear(layer, x, Modality.TEXT, precision=precision).output
+    assert not torch.equal(wrong, expected)
+
+
+@pytest.mark.timeout(120)
+def test_mlp_block_on_lava_equals_pytorch(converted):
+    model, batch = converted
+    mlp, x, ids = captured_input(model, batch, f"{LAYER0}.mlp")
+    result = run_mlp(mlp, x, ids)
+    with torch.no_grad():
+        expected = mlp(x)
+    assert torch.equal(result.output, expected)
+    assert result.lava_runs == 4  # (gate+up stacked, down) x (text, image)
+
+
+@pytest.mark.timeout(120)
+def test_qkv_group_on_lava_equals_pytorch(converted):
+    model, batch = converted
+    attention, x, ids = captured_input(model, batch, f"{LAYER0}.self_attn")
+    result = run_attention_projections(attention, x, ids)
+    assert set(result.outputs) == {"q_proj", "k_proj", "v_proj"}
+    with torch.no_grad():
+        for name, output in result.outputs.items():
+            assert torch.equal(output, getattr(attention, name)(x)), name
+    assert result.lava_runs == 2  # one stacked SpikeDense per modality
+
+
+@pytest.mark.timeout(120)
+def test_static_smoothquant_mlp_on_lava_equals_pytorch():
+    # Input transforms (SmoothQuant, one per layer) and calibrated static scales: gate and up
+    # quantize their inputs differently, so they run as separate Lava layers.
+    model = build_tiny_model("tiny-qwen2-vl")
+    batch = tiny_batch(model, batch_size=2)
+    config = SpikeConfig(act_scales="static", method=SmoothQuant())
+    with torch.no_grad():
+        convert(model, config, calibrate(model, [batch], config, progress=False))
+    check = check_layer(model, f"{LAYER0}.mlp", batch)
+    assert check.exact and check.max_abs_diff == 0.0 and check.lava_runs == 6
+
+
+def test_lava_layers_and_errors(converted):
+    model, batch = converted
+    layers = lava_layers(model)
+    assert {f"{LAYER0}.mlp", f"{LAYER0}.self_attn", f"{LAYER0}.mlp.down_proj", "model.visual.blocks.0.attn.qkv"} <= set(
+        layers
+    )
+    with pytest.raises(ValueError, match=r"unknown layer 'model.language_model.layers.0.mlpx'; valid layers include: .*layers\.0\.mlp"):
+        check_layer(model, f"{LAYER0}.mlpx", batch)
+    with pytest.raises(TypeError, match="RMSNorm, which cannot run on Lava"):
+        check_layer(model, f"{LAYER0}.input_layernorm", batch)
+    with pytest.raises(ValueError, match="precision"):
+        check_layer(model, f"{LAYER0}.mlp", batch, precision="double")
+
+
+@pytest.mark.timeout(120)
+def test_cli_lava_reports_exact_equality(capsys):
+    assert main(["lava", "--model", "tiny-qwen2-vl", "--layer", f"{LAYER0}.mlp"]) == 0
+    printed = capsys.readouterr().out
+    assert "max abs difference: 0;" in printed and "exact (bit for bit): yes" in printed
+    assert "text 18 (4 steps each), image 24 (3 steps each)" in printed
+
+
+@pytest.mark.timeout(120)
+def test_cli_lava_json_floating_pt(capsys):
+    argv = ["lava", "--layer", f"{LAYER0}.self_attn", "--precision", "floating_pt", "--json"]
+    assert main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["exact"] is True and result["max_abs_diff"] == 0.0
+    assert result["kind"] == "qkv" and result["precision"] == "floating_pt"
+    assert result["steps"] == {"text": 4, "image": 3} and result["lava_steps"] == 18 * 4 + 24 * 3
+
+
+def test_cli_lava_bad_layer(capsys):
+    assert main(["lava", "--layer", "model.language_model.layers.0.mlpx"]) == 2
+    error = capsys.readouterr().err
+    assert "unknown layer 'model.language_model.layers.0.mlpx'" in error and f"{LAYER0}.mlp" in error
+    assert main(["lava", "--layer", f"{LAYER0}.input_layernorm"]) == 2
+    assert "cannot run on Lava" in capsys.readouterr().err
