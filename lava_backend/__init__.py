@@ -5,9 +5,12 @@ simulated on Intel's Lava (lava-nc 0.10.0, ``Loihi2SimCfg``, floating or int32 f
   per window of ``T`` steps; bit-exact with :class:`spikemllm_sj.neurons.TCLIFNode`.
 * :class:`SpikeDense`: integer weights driven by graded spikes, integrating each window by
   Horner's rule into exactly ``W @ q``.
+* :class:`DecodedOp`: the non-spiking work between two spike-driven layers (dequantize, activation,
+  the next layer's levels), once per token.
 * :class:`SpikeLinearSpec`: a spike-driven linear layer as a converter describes it.
 * :func:`to_lava` maps a ``SpikeCodingNode`` or a ``SpikeLinearSpec`` to a :class:`LavaNetwork`;
-  :func:`run_lava` runs it on a token stream and reads the outputs back.
+  :func:`run_lava` runs it on a token stream and reads the outputs back; :func:`simulate` runs
+  any graph of these processes and collects what its sinks receive.
 * ``.blocks``: converted layers of a real model on Lava, equal to PyTorch bit for bit:
   :func:`spec_from_spike_linear`, :func:`run_spike_linear`, :func:`run_mlp`,
   :func:`run_attention_projections`, and :func:`check_layer` (capture a layer's input, compare).
@@ -27,6 +30,7 @@ ensure_lava_importable()
 _LAZY = {
     "TCLIF": ".tclif.process",
     "SpikeDense": ".spike_dense.process",
+    "DecodedOp": ".decoded_op.process",
     "SpikeLinearSpec": ".spec",
     "LavaNetwork": ".network",
     "Precision": ".network",
@@ -34,6 +38,7 @@ _LAZY = {
     "to_lava": ".network",
     "run_lava": ".runner",
     "LavaRunError": ".runner",
+    "simulate": ".runner",
     "spec_from_spike_linear": ".blocks",
     "run_spike_linear": ".blocks",
     "run_spike_linears": ".blocks",

@@ -19,10 +19,11 @@ scale only multiplies the integer result afterwards.
 
 Layers that share one input (an MLP's gate and up projections; an attention module's q/k/v) and
 quantize it identically run as one ``SpikeDense`` with the weights stacked along the outputs:
-the same spikes drive every projection. The MLP's activation ``act_fn(gate) * up`` runs on the
-host with the MLP's own torch ops on the decoded (rescaled) values; the down projection then runs
-on Lava again. Every linear being exact and the host ops being the same torch ops, blocks are
-equal to the converted PyTorch modules bit for bit.
+the same spikes drive every projection. A gated MLP is one Lava network per modality
+(:func:`run_mlp`): its non-spiking work between the spike-driven layers (dequantize,
+``act_fn(gate) * up``, the down projection's levels) runs in a ``DecodedOp`` process with the
+modules' own torch code. Every linear being exact and the decoded ops being the same torch ops,
+blocks are equal to the converted PyTorch modules bit for bit.
 """
 
 from __future__ import annotations
@@ -32,11 +33,16 @@ import time
 import typing as ty
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn as nn
 
+from lava.proc.io.extractor import Extractor
+from lava.proc.io.source import RingBuffer
+
+from spikemllm_sj.lava_backend.decoded_op.process import DecodedOp
 from spikemllm_sj.lava_backend.network import PRECISIONS, Precision, to_lava
-from spikemllm_sj.lava_backend.runner import run_lava
+from spikemllm_sj.lava_backend.runner import run_lava, simulate
 from spikemllm_sj.lava_backend.spec import SpikeLinearSpec
 from spikemllm_sj.modules import SpikeLinear
 from spikemllm_sj.neurons import Modality
@@ -137,6 +143,26 @@ def _host_levels(module: SpikeLinear, x: torch.Tensor, modality: ModalityArg):
     return x, x3, ids, levels, scale, dtype
 
 
+def _shared_input_groups(modules: ty.Sequence[SpikeLinear], hosts: list[tuple]) -> list[list[int]]:
+    """Indices of the layers grouped by identical Lava input: same codes, weight width, token
+    modalities and levels (they can share one ``TCLIF`` and one stacked ``SpikeDense``)."""
+    groups: list[list[int]] = []
+    for i, (mod, host) in enumerate(zip(modules, hosts)):
+        for group in groups:
+            first, first_host = modules[group[0]], hosts[group[0]]
+            if (
+                mod.encoder.config == first.encoder.config
+                and mod.weight_levels.bits == first.weight_levels.bits
+                and torch.equal(host[2], first_host[2])
+                and torch.equal(host[3], first_host[3])
+            ):
+                group.append(i)
+                break
+        else:
+            groups.append([i])
+    return groups
+
+
 def run_spike_linears(
     modules: ty.Sequence[SpikeLinear],
     x: torch.Tensor,
@@ -166,21 +192,7 @@ def run_spike_linears(
         raise ValueError(f"{len(names)} names for {len(modules)} layers")
     x = x.detach()
     hosts = [_host_levels(m, x, modality) for m in modules]
-    # Group the layers whose Lava input (levels, ids, codes, weight width) is the same.
-    groups: list[list[int]] = []
-    for i, (mod, host) in enumerate(zip(modules, hosts)):
-        for group in groups:
-            first, first_host = modules[group[0]], hosts[group[0]]
-            if (
-                mod.encoder.config == first.encoder.config
-                and mod.weight_levels.bits == first.weight_levels.bits
-                and torch.equal(host[2], first_host[2])
-                and torch.equal(host[3], first_host[3])
-            ):
-                group.append(i)
-                break
-        else:
-            groups.append([i])
+    groups = _shared_input_groups(modules, hosts)
     result = LavaBlockResult(outputs={})
     for group in groups:
         _, x3, ids, levels, _, _ = hosts[group[0]]
@@ -205,10 +217,7 @@ def run_spike_linears(
         for i, part in zip(group, acc.split(sizes, dim=-1)):
             module, (xt, _, _, _, scale, dtype) = modules[i], hosts[i]
             # SpikeLinear.forward's rescaling, on the exact integer accumulation from Lava.
-            part = part.to(device=xt.device, dtype=dtype)
-            y = (part * scale.to(dtype) * module.weight_scale.to(dtype)).to(xt.dtype)
-            if module.bias is not None:
-                y = y + module.bias
+            y = module.dequantize(part.to(device=xt.device, dtype=dtype), scale, xt.dtype)
             result.outputs[names[i]] = y.reshape(*xt.shape[:-1], module.out_features)
     result.outputs = {name: result.outputs[name] for name in names}
     return result
@@ -231,20 +240,123 @@ def _mlp_layers(mlp: nn.Module) -> tuple[SpikeLinear, SpikeLinear, SpikeLinear, 
     return (*parts, mlp.act_fn)
 
 
-def run_mlp(mlp: nn.Module, x: torch.Tensor, modality: ModalityArg = None, *, precision: Precision = "fixed_pt") -> LavaBlockResult:
-    """A converted Llama/Qwen2-style MLP ``down(act_fn(gate(x)) * up(x))`` on Lava.
+def _to_words(scale: torch.Tensor) -> np.ndarray:
+    """Per-token scales as the int32 words of their float32 bits: the side values between stages
+    travel as 32-bit words (Lava's fixed-point sources send int32), losslessly for float32, bf16
+    and fp16 models."""
+    if scale.dtype == torch.float64:
+        raise TypeError("Lava MLP blocks pass per-token scales as float32 words: float64 models are not supported")
+    return scale.detach().cpu().to(torch.float32).numpy().view(np.int32).astype(np.int64)
 
-    gate and up run in Lava as one ``SpikeDense`` driven by the same input spikes; ``act_fn(gate) * up``
-    runs on the host (the MLP's own torch ops, on the decoded values); down runs in Lava.
-    ``.output`` equals ``mlp(x)`` of the converted model (``"spike"`` mode) bit for bit.
+
+def _from_words(words: np.ndarray) -> torch.Tensor:
+    """Inverse of :func:`_to_words` (the words arrive as int32 or, from float models, float64)."""
+    return torch.from_numpy(np.asarray(words).astype(np.int64).astype(np.int32).view(np.float32).copy())
+
+
+def run_mlp(mlp: nn.Module, x: torch.Tensor, modality: ModalityArg = None, *, precision: Precision = "fixed_pt") -> LavaBlockResult:
+    r"""A converted Llama/Qwen2-style MLP ``down(act_fn(gate(x)) * up(x))`` as one Lava network per modality::
+
+        levels of x -> TCLIF -> SpikeDense(gate | up) -> DecodedOp -> TCLIF -> SpikeDense(down) -> W_down @ q
+        token scales of x ------------------------------^          \-> token scales of the down input
+
+    The ``DecodedOp`` process does the MLP's non-spiking work per token, with the modules' own
+    torch code: dequantize gate and up, ``act_fn(gate) * up``, then the down projection's input
+    transform, per-token scale and levels (which feed the second ``TCLIF``). gate and up share one
+    ``TCLIF`` and a stacked ``SpikeDense`` when they quantize ``x`` identically; otherwise each has
+    its own, both delivering into the ``DecodedOp`` (Lava sums the messages of ports that meet, so
+    each writes its own rows). The host quantizes ``x`` and dequantizes the down projection's
+    integer output. ``.output`` equals ``mlp(x)`` of the converted model (``"spike"`` mode) bit for
+    bit (tested; elementwise torch kernels give the same bits for one token as for a batch).
     """
     gate, up, down, act_fn = _mlp_layers(mlp)
-    first = run_spike_linears([gate, up], x, modality, precision=precision, names=["gate_proj", "up_proj"])
-    hidden = act_fn(first.outputs["gate_proj"]) * first.outputs["up_proj"]
-    second = run_spike_linear(down, hidden, modality, precision=precision)
-    first._merge(second)
-    first.outputs = {"output": second.output}
-    return first
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    x = x.detach()
+    first = [gate, up]
+    hosts = [_host_levels(m, x, modality) for m in first]
+    groups = _shared_input_groups(first, hosts)
+    xt, x3, ids = hosts[0][0], hosts[0][1], hosts[0][2]
+    dtypes = [h[5] for h in hosts]
+    inter = gate.out_features
+    rows = [slice(0, inter), slice(inter, 2 * inter)]  # gate's and up's rows of the DecodedOp input
+    down_dtype = exact_dtype(
+        float(max(c.levels.qmax + c.offset for c in down.encoder.config.codes.values())) * down.weight_levels.qmax * inter,
+        x3.dtype,
+    )
+    result = LavaBlockResult(outputs={})
+    output = torch.empty(*x3.shape[:2], down.out_features, dtype=x3.dtype)
+    for m in sorted(torch.unique(ids).tolist()):
+        modality_m = Modality(m)
+        mask = ids == m
+        code = down.encoder.config.code_of(modality_m)
+        if any(layer.encoder.config.code_of(modality_m) != code for layer in first):
+            raise ValueError(f"gate, up and down must code {modality_m.name.lower()} tokens alike to share the network's windows")
+        n_tokens, steps = int(mask.sum()), code.steps
+
+        def decoded(acc: np.ndarray, scales: np.ndarray, m=m) -> tuple[np.ndarray, np.ndarray]:
+            torch.set_num_threads(1)  # torch in a forked process: no thread pool inherited from the parent
+            acc = torch.from_numpy(np.asarray(acc, dtype=np.int64))
+            gate_y, up_y = (
+                layer.dequantize(acc[rows[j]].to(dtypes[j]), _from_words(scales)[j], x3.dtype)
+                for j, layer in enumerate(first)
+            )
+            h = act_fn(gate_y) * up_y
+            if down.transform is not None:
+                h = down.transform(h)
+            token_ids = torch.full((1, 1), m, dtype=torch.long)
+            levels, scale = down.encoder.quantize(h.reshape(1, 1, -1), token_ids, down._token_scale(token_ids, h.dtype))
+            return levels.reshape(-1).numpy(), _to_words(scale.reshape(1))
+
+        # Sources: each group's levels at the first step of a window, every layer's token scale
+        # at the last step (with its accumulator); one window more than tokens to drain the pipeline.
+        windows = n_tokens + 1
+        sources = []
+        for group in groups:
+            levels = hosts[group[0]][3][mask].cpu()
+            data = np.zeros((x3.shape[-1], windows, steps), dtype=np.int32 if precision == "fixed_pt" else np.float64)
+            data[:, :n_tokens, 0] = levels.numpy().T
+            sources.append(data.reshape(x3.shape[-1], -1))
+        scale_data = np.zeros((len(first), windows, steps), dtype=np.int64)
+        for j, host in enumerate(hosts):
+            scale_data[j, :n_tokens, steps - 1] = _to_words(host[4][mask].reshape(-1))
+
+        start = time.perf_counter()
+        op = DecodedOp(fn=decoded, in_size=2 * inter, out_size=inter, aux_in_size=len(first), aux_out_size=1, window=steps)
+        scale_source = RingBuffer(data=scale_data.reshape(len(first), -1))
+        scale_source.s_out.connect(op.aux_in)
+        for group, data in zip(groups, sources):
+            weight = torch.zeros(2 * inter, x3.shape[-1], dtype=torch.int32)
+            for i in group:
+                weight[rows[i]] = first[i].qweight.to(torch.int32)
+            spec = SpikeLinearSpec(weight=weight, code=code, scale=1.0, weight_bits=gate.weight_levels.bits)
+            entry, exit_ = to_lava(spec, precision=precision).build()
+            source = RingBuffer(data=data)
+            source.s_out.connect(entry)
+            exit_.connect(op.a_in)
+        down_spec = SpikeLinearSpec(weight=down.qweight, code=code, scale=1.0, weight_bits=down.weight_levels.bits)
+        entry, exit_ = to_lava(down_spec, precision=precision).build()
+        op.a_out.connect(entry)
+        acc_sink = Extractor(shape=(down.out_features,), buffer_size=windows * steps)
+        scale_sink = Extractor(shape=(1,), buffer_size=windows * steps)
+        exit_.connect(acc_sink.in_port)
+        op.aux_out.connect(scale_sink.in_port)
+        # Token k's down accumulator and scale arrive at the last step of window k + 1.
+        acc, scale = simulate(
+            [acc_sink, scale_sink], precision=precision, num_steps=windows * steps, steps_per_run=windows * steps,
+            keep=lambda step: step >= steps and step % steps == steps - 1,
+        )
+        result.lava_seconds += time.perf_counter() - start
+        acc = torch.from_numpy(acc.astype(np.int64)).to(down_dtype)
+        scale = _from_words(scale).reshape(-1, 1).to(x3.dtype)
+        output[mask.cpu()] = down.dequantize(acc, scale, x3.dtype)
+        name = modality_m.name.lower()
+        result.tokens[name] = n_tokens
+        result.steps[name] = steps
+        result.lava_steps += windows * steps
+        result.lava_runs += 1
+    result.outputs = {"output": output.to(xt.device).reshape(*xt.shape[:-1], down.out_features)}
+    return result
 
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import torch
 from lava.magma.core.run_conditions import RunSteps
@@ -11,9 +13,9 @@ from lava.proc.io.extractor import Extractor, PyLoihiExtractorModel
 from lava.proc.io.source import RingBuffer
 
 from spikemllm_sj.lava_backend._streams import source_data, window_outputs
-from spikemllm_sj.lava_backend.network import LavaNetwork
+from spikemllm_sj.lava_backend.network import LavaNetwork, Precision
 
-__all__ = ["LavaRunError", "run_lava"]
+__all__ = ["LavaRunError", "run_lava", "simulate"]
 
 # Bytes of sink messages buffered between two reads (float64 per output and step).
 DEFAULT_BUFFER_BYTES = 64 << 20
@@ -49,29 +51,58 @@ def run_lava(network: LavaNetwork, inputs: torch.Tensor, *, buffer_bytes: int = 
     sink = Extractor(shape=(network.out_size,), buffer_size=tokens_per_run * steps)
     source.s_out.connect(first_port)
     last_port.connect(sink.in_port)
-    # The Extractor's model carries no precision tag, so Loihi2SimCfg must be told to use it.
-    run_cfg = Loihi2SimCfg(
-        select_tag=network.precision, exception_proc_model_map={Extractor: PyLoihiExtractorModel}
-    )
     every_step = network.layer is None  # a layer's output matters at the window ends only
-    outputs, finished = [], False
+    (outputs,) = simulate(
+        [sink],
+        precision=network.precision,
+        num_steps=n_tokens * steps,
+        steps_per_run=tokens_per_run * steps,
+        keep=lambda step: every_step or step % steps == steps - 1,
+    )
+    return window_outputs(network, outputs, n_tokens)
+
+
+def simulate(
+    sinks: list[Extractor],
+    *,
+    precision: Precision,
+    num_steps: int,
+    steps_per_run: int,
+    keep: Callable[[int], bool],
+) -> list[np.ndarray]:
+    """Run the Lava graph that ``sinks`` belong to for ``num_steps`` and collect their messages.
+
+    :param sinks: ``Extractor`` processes of one connected graph, each with a buffer of at least
+        ``steps_per_run`` messages (every step's message is received, or a full buffer stalls).
+    :param keep: which steps' messages (counting from 0) to return.
+    :returns: per sink, the kept messages stacked ``[kept steps, *shape]``.
+    :raises LavaRunError: if a ProcessModel raised.
+
+    Runs in several ``RunSteps`` of ``steps_per_run``; the runtime is always stopped, also on
+    errors and ``KeyboardInterrupt``.
+    """
+    # The Extractor's model carries no precision tag, so Loihi2SimCfg must be told to use it.
+    run_cfg = Loihi2SimCfg(select_tag=precision, exception_proc_model_map={Extractor: PyLoihiExtractorModel})
+    outputs: list[list[np.ndarray]] = [[] for _ in sinks]
+    finished = False
     try:
-        for first in range(0, n_tokens, tokens_per_run):
-            run_steps = (min(n_tokens, first + tokens_per_run) - first) * steps
-            sink.run(condition=RunSteps(num_steps=run_steps), run_cfg=run_cfg)
-            for step in range(run_steps):
-                message = sink.receive()  # every step's message, or the sink's buffer fills up
-                if every_step or step % steps == steps - 1:
-                    outputs.append(message)
+        for first in range(0, num_steps, steps_per_run):
+            run_steps = min(steps_per_run, num_steps - first)
+            sinks[0].run(condition=RunSteps(num_steps=run_steps), run_cfg=run_cfg)
+            for step in range(first, first + run_steps):
+                for sink, kept in zip(sinks, outputs):
+                    message = sink.receive()
+                    if keep(step):
+                        kept.append(message)
         finished = True
     except RuntimeError as error:
-        failures = _model_failures(sink.runtime)
+        failures = _model_failures(sinks[0].runtime)
         if failures:
             raise LavaRunError("a Lava ProcessModel raised during the run:\n" + "\n".join(failures)) from error
         raise
     finally:
-        _release(sink.runtime, finished)
-    return window_outputs(network, np.stack(outputs), n_tokens)
+        _release(sinks[0].runtime, finished)
+    return [np.stack(kept) for kept in outputs]
 
 
 def _model_failures(runtime: Runtime | None) -> list[str]:

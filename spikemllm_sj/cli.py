@@ -75,7 +75,7 @@ def _lava(args: argparse.Namespace) -> int:
         print(json.dumps({"model": args.model, "build_seconds": build_seconds, **check.as_dict()}, indent=2))
     else:
         tokens = ", ".join(f"{n} {c} ({check.steps[n]} steps each)" for n, c in check.tokens.items())
-        parts = {"linear": "one SpikeLinear", "mlp": "gate+up and down in Lava, act_fn(gate)*up on the host",
+        parts = {"linear": "one SpikeLinear", "mlp": "TC-LIF -> gate|up -> act_fn(gate)*up -> TC-LIF -> down, one Lava network per modality",
                  "qkv": "q/k/v projections as one SpikeDense"}[check.kind]
         print(
             f"{args.model}, converted (TC-LIF, MSTS, W8, dynamic per-token scales); layer {check.layer} "

@@ -223,10 +223,13 @@ class SpikeLinear(_MSTSSite):
         x3 = x.reshape(-1, x.shape[-2], x.shape[-1]) if x.dim() >= 3 else x.reshape(1, -1, x.shape[-1])
         ids = self.modality(*x3.shape[:2])
         acc, scale = self._levels_dot(x3, ids, self.qweight.T, self.weight_levels.qmax)
-        y = (acc * scale.to(acc.dtype) * self.weight_scale.to(acc.dtype)).to(x.dtype)
-        if self.bias is not None:
-            y = y + self.bias
-        return y.reshape(*x.shape[:-1], self.out_features)
+        return self.dequantize(acc, scale, x.dtype).reshape(*x.shape[:-1], self.out_features)
+
+    def dequantize(self, acc: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """The layer's output from its exact integer accumulation ``acc`` ``[..., out]`` (held in
+        the accumulation dtype) and the input's per-token ``scale`` ``[..., 1]``, in ``dtype``."""
+        y = (acc * scale.to(acc.dtype) * self.weight_scale.to(acc.dtype)).to(dtype)
+        return y if self.bias is None else y + self.bias
 
     def extra_repr(self) -> str:
         return (

@@ -6,23 +6,29 @@ and image tokens: each modality runs in a Lava network of its own code (4 and 3 
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
 from spikemllm_sj import SpikeConfig, calibrate, convert
 from spikemllm_sj.cli import main
 from spikemllm_sj.lava_backend import (
+    DecodedOp,
     check_layer,
     lava_layers,
     run_attention_projections,
     run_mlp,
     run_spike_linear,
+    simulate,
     spec_from_spike_linear,
 )
 from spikemllm_sj.modules import SpikeLinear
 from spikemllm_sj.neurons import Modality
 from spikemllm_sj.quantizers import SmoothQuant
 from spikemllm_sj.tiny import build_tiny_model, tiny_batch
+
+from lava.proc.io.extractor import Extractor  # noqa: E402  (after spikemllm_sj.lava_backend's fixes)
+from lava.proc.io.source import RingBuffer  # noqa: E402
 
 LAYER0 = "model.language_model.layers.0"
 
@@ -86,15 +92,39 @@ def test_spike_linear_on_lava_equals_pytorch(converted, precision):
     assert not torch.equal(wrong, expected)
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("precision", ["fixed_pt", "floating_pt"])
+def test_decoded_op_time_line(precision):
+    # fn runs at the last step of a token's window; its output leaves at the first step of the
+    # next window, its side values at the last step of the next window.
+    T = 3
+    op = DecodedOp(fn=lambda a, aux: (2 * a + 1, aux + 10), in_size=2, out_size=2, aux_in_size=1, aux_out_size=1, window=T)
+    a, aux = np.zeros((2, 3 * T)), np.zeros((1, 3 * T))
+    a[:, T - 1], a[:, 2 * T - 1], aux[0, T - 1], aux[0, 2 * T - 1] = [1, 2], [3, 4], 5, 6
+    for data, port in ((a, op.a_in), (aux, op.aux_in)):
+        RingBuffer(data=data).s_out.connect(port)
+    sinks = [Extractor(shape=(2,), buffer_size=3 * T), Extractor(shape=(1,), buffer_size=3 * T)]
+    op.a_out.connect(sinks[0].in_port)
+    op.aux_out.connect(sinks[1].in_port)
+    out, side = simulate(sinks, precision=precision, num_steps=3 * T, steps_per_run=3 * T, keep=lambda step: True)
+    assert out.T.tolist() == [[0, 0, 0, 3, 0, 0, 7, 0, 0], [0, 0, 0, 5, 0, 0, 9, 0, 0]]
+    assert side[:, 0].tolist() == [0, 0, 0, 0, 0, 15, 0, 0, 16]
+    with pytest.raises(ValueError, match="window must be a positive int"):
+        DecodedOp(fn=abs, in_size=1, out_size=1, aux_in_size=1, aux_out_size=1, window=0)
+    with pytest.raises(TypeError, match="fn must be callable"):
+        DecodedOp(fn=None, in_size=1, out_size=1, aux_in_size=1, aux_out_size=1, window=1)
+
+
 @pytest.mark.timeout(120)
-def test_mlp_block_on_lava_equals_pytorch(converted):
+@pytest.mark.parametrize("precision", ["fixed_pt", "floating_pt"])
+def test_mlp_block_on_lava_equals_pytorch(converted, precision):
     model, batch = converted
     mlp, x, ids = captured_input(model, batch, f"{LAYER0}.mlp")
-    result = run_mlp(mlp, x, ids)
+    result = run_mlp(mlp, x, ids, precision=precision)
     with torch.no_grad():
         expected = mlp(x)
     assert torch.equal(result.output, expected)
-    assert result.lava_runs == 4  # (gate+up stacked, down) x (text, image)
+    assert result.lava_runs == 2  # one network (TC-LIF, gate|up, DecodedOp, TC-LIF, down) per modality
 
 
 @pytest.mark.timeout(120)
@@ -119,7 +149,7 @@ def test_static_smoothquant_mlp_on_lava_equals_pytorch():
     with torch.no_grad():
         convert(model, config, calibrate(model, [batch], config, progress=False))
     check = check_layer(model, f"{LAYER0}.mlp", batch)
-    assert check.exact and check.max_abs_diff == 0.0 and check.lava_runs == 6
+    assert check.exact and check.max_abs_diff == 0.0 and check.lava_runs == 2
 
 
 def test_lava_layers_and_errors(converted):
