@@ -30,6 +30,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/converter.py
 	$(BIN)/python bench/convert_memory.py
 	$(BIN)/python bench/lava.py
+	$(BIN)/python bench/accelerator.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .hypothesis

@@ -56,8 +56,10 @@ def _lava(args: argparse.Namespace) -> int:
 
     import torch
 
+    from spikemllm_sj import accelerator
     from spikemllm_sj.converter import convert
     from spikemllm_sj.lava_backend import check_layer
+    from spikemllm_sj.report import op_report
     from spikemllm_sj.tiny import build_tiny_model, tiny_batch
 
     start = time.perf_counter()
@@ -71,19 +73,38 @@ def _lava(args: argparse.Namespace) -> int:
     except (ValueError, TypeError) as error:
         print(f"spikemllm lava: error: {error}", file=sys.stderr)
         return 2
+    # The accelerator's view of the same forward pass: the layer's activity, then the paper's
+    # Qwen2VL-7B setting at the firing rates measured here.
+    report = op_report(model, **batch)
+    params_file = args.params or accelerator.PARAMS_FILE
+    params = accelerator.load_params(params_file)
+    layer_costs = accelerator.compare(accelerator.workload_from_report(report, scope=args.layer), params)
+    preset = accelerator.compare(accelerator.paper_preset(accelerator.measured_rates(report)), params)
     if args.json:
-        print(json.dumps({"model": args.model, "build_seconds": build_seconds, **check.as_dict()}, indent=2))
+        print(json.dumps({"model": args.model, "build_seconds": build_seconds, **check.as_dict(),
+                          "accelerator": {"layer": layer_costs.as_dict(), "paper_preset": preset.as_dict()}}, indent=2))
     else:
         tokens = ", ".join(f"{n} {c} ({check.steps[n]} steps each)" for n, c in check.tokens.items())
-        parts = {"linear": "one SpikeLinear", "mlp": "TC-LIF -> gate|up -> act_fn(gate)*up -> TC-LIF -> down, one Lava network per modality",
+        parts = {"linear": "one SpikeLinear",
+                 "mlp": "TC-LIF -> gate|up -> act_fn(gate)*up -> TC-LIF -> down, one Lava network per modality",
                  "qkv": "q/k/v projections as one SpikeDense"}[check.kind]
+        ratios = preset.totals()["ratios"]
         print(
             f"{args.model}, converted (TC-LIF, MSTS, W8, dynamic per-token scales); layer {check.layer} "
             f"[{check.kind}: {parts}] on Lava ({check.precision}) vs PyTorch spike mode\n"
             f"  tokens: {tokens}; {check.lava_steps} Lava steps in {check.lava_runs} runs\n"
             f"  max abs difference: {check.max_abs_diff:g}; exact (bit for bit): {'yes' if check.exact else 'no'}\n"
             f"  wall time: Lava {check.lava_seconds:.2f} s, PyTorch {check.torch_seconds * 1e3:.1f} ms, "
-            f"build + convert {build_seconds:.2f} s"
+            f"build + convert {build_seconds:.2f} s\n"
+        )
+        print(f"Accelerator model ({params_file}), this layer on this batch (tokens processed one at a time):\n")
+        print(layer_costs.format_table())
+        print(
+            f"\nPaper preset (Qwen2VL-7B decode, batch 1, A800 FP16) at the firing rates measured here: "
+            f"throughput {ratios['throughput_ratio']:.2f}x (paper 9.06x), power {ratios['power_ratio_chip']:.2f}x "
+            f"(paper 25.8x, chip only), energy per token {ratios['energy_per_token_ratio_chip']:.0f}x "
+            f"({ratios['energy_per_token_ratio_with_hbm']:.1f}x with HBM access energy). Three parameters are fitted "
+            f"to the paper (see the parameter file and bench/results/accelerator.md)."
         )
     return 0 if check.exact else 1
 
@@ -110,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     lava.add_argument("--precision", default="fixed_pt", choices=("fixed_pt", "floating_pt"))
     lava.add_argument("--seed", type=int, default=0)
+    lava.add_argument("--params", type=Path, default=None, help="accelerator parameter file (TOML); default: the packaged one")
     lava.add_argument("--json", action="store_true", help="print JSON instead of text")
     lava.set_defaults(func=_lava)
     return parser

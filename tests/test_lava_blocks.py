@@ -172,6 +172,9 @@ def test_cli_lava_reports_exact_equality(capsys):
     printed = capsys.readouterr().out
     assert "max abs difference: 0;" in printed and "exact (bit for bit): yes" in printed
     assert "text 18 (4 steps each), image 24 (3 steps each)" in printed
+    # The accelerator report of the same layer, then the paper preset at the measured rates.
+    assert "| model.language_model.layers.0.mlp.down_proj |" in printed and "| throughput_ratio |" in printed
+    assert "Paper preset (Qwen2VL-7B decode, batch 1, A800 FP16) at the firing rates measured here" in printed
 
 
 @pytest.mark.timeout(120)
@@ -182,6 +185,9 @@ def test_cli_lava_json_floating_pt(capsys):
     assert result["exact"] is True and result["max_abs_diff"] == 0.0
     assert result["kind"] == "qkv" and result["precision"] == "floating_pt"
     assert result["steps"] == {"text": 4, "image": 3} and result["lava_steps"] == 18 * 4 + 24 * 3
+    layer_rows = [row["name"] for row in result["accelerator"]["layer"]["accelerator"]]
+    assert layer_rows[:3] == [f"{LAYER0}.self_attn.{p}" for p in ("q_proj", "k_proj", "v_proj")]
+    assert set(result["accelerator"]["paper_preset"]["total"]["ratios"]) >= {"throughput_ratio", "power_ratio_chip"}
 
 
 def test_cli_lava_bad_layer(capsys):
