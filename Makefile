@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 OUT ?= out/demo
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench med clean
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,11 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/spikemllm demo --out $(OUT)
+	$(BIN)/spikemllm convert --out $(OUT)
+
+# MED analysis and MSTS schedules of the tiny Qwen2-VL: the JSON, report and figures in docs/med/.
+med: $(STAMP)
+	$(BIN)/spikemllm med --model tiny-qwen2-vl --out docs/med
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
@@ -31,6 +35,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/convert_memory.py
 	$(BIN)/python bench/lava.py
 	$(BIN)/python bench/accelerator.py
+	$(BIN)/python bench/msts.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .hypothesis

@@ -139,31 +139,21 @@ def run_conversion(model_name: str = "tiny-qwen2-vl", seed: int = 0, new_tokens:
 
     :return: the summary and the op report.
     """
-    from spikemllm_sj.converter import convert, set_mode
+    from spikemllm_sj.compare import run_modes
     from spikemllm_sj.report import op_report
     from spikemllm_sj.tiny import build_tiny_model, tiny_batch
 
     model = build_tiny_model(model_name, seed=seed)
     batch = tiny_batch(model, batch_size=2, seed=seed)
-    real = batch["attention_mask"].bool()
-    with torch.no_grad():
-        fp32 = model(**batch).logits
-        generated_fp32 = model.generate(**batch, max_new_tokens=new_tokens, do_sample=False)
-        snn = convert(model)
-        spike = snn(**batch).logits
-        set_mode(snn, "fake_quant")
-        twin = snn(**batch).logits
-        set_mode(snn, "spike")
-        generated = snn.generate(**batch, max_new_tokens=new_tokens, do_sample=False)
-    report = op_report(snn, **batch)
-    prompt = batch["input_ids"].shape[1]
+    (run,) = run_modes(model, [batch], new_tokens, progress=False)
+    report = op_report(model, **batch)
     summary = ConversionSummary(
         model=model_name,
-        spike_equals_twin=torch.equal(spike, twin),
-        logit_cosine=float(F.cosine_similarity(spike[real], fp32[real], dim=-1).mean()),
-        top1_agreement=float((spike[real].argmax(-1) == fp32[real].argmax(-1)).float().mean()),
-        generated_spike=generated[:, prompt:].tolist(),
-        generated_fp32=generated_fp32[:, prompt:].tolist(),
+        spike_equals_twin=run.spike_equals_twin(),
+        logit_cosine=run.logit_cosine(),
+        top1_agreement=run.top1_agreement(),
+        generated_spike=run.spike.tokens.tolist(),
+        generated_fp32=run.ann.tokens.tolist(),
         steps_per_token=report.steps_per_token(),
         spikes=report.spikes,
         synops=report.synops,

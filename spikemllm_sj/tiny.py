@@ -16,8 +16,9 @@ name                      class                                       vision tow
 
 :func:`tiny_batch` gives the forward (and ``generate``) kwargs of a batch in which every row is
 ``text, image, text``, with as many image placeholder tokens as the family's processor would insert
-for the pixels given, and the pixels in the family's own format. :func:`visual_token_ids` says which
-token ids are visual placeholders.
+for the pixels given, and the pixels in the family's own format. :func:`tiny_image_batch` does the
+same for real PIL images (resized by :func:`tiny_pixels`) and given prompt ids.
+:func:`visual_token_ids` says which token ids are visual placeholders.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ __all__ = [
     "TinySpec",
     "build_tiny_model",
     "tiny_batch",
+    "tiny_image_batch",
+    "tiny_pixels",
     "tiny_spec",
     "tiny_video_batch",
     "visual_token_ids",
@@ -384,15 +387,40 @@ def _assemble(spec: TinySpec, rows: list[list[tuple[int, int]]], padding: bool) 
     return out
 
 
-def _row_tokens(spec, gen, before, after, visual_id, count, modality) -> list[tuple[int, int]]:
+def _random_text(gen: torch.Generator, before: int, after: int) -> tuple[list[int], list[int]]:
     text = torch.randint(*TEXT_IDS, (before + after,), generator=gen).tolist()
+    return text[:before], text[before:]
+
+
+def _row_tokens(spec, before: list[int], after: list[int], visual_id, count, modality) -> list[tuple[int, int]]:
+    """``[BOS] before [start] <visual>*count [end] after`` as (token id, modality) pairs."""
     row = [(spec.bos_token_id, 0)] if spec.bos_token_id is not None else []
-    row += [(t, 0) for t in text[:before]]
+    row += [(t, 0) for t in before]
     row += [(spec.image_start, 0)] if spec.image_start is not None else []
     row += [(visual_id, modality)] * count
     row += [(spec.image_end, 0)] if spec.image_end is not None else []
-    row += [(t, 0) for t in text[before:]]
+    row += [(t, 0) for t in after]
     return row
+
+
+def _image_rows(model_or_name, images: list[torch.Tensor], texts: list[tuple[list[int], list[int]]], padding: bool):
+    """The batch of rows ``[BOS] before [start] <image>*n [end] after``, one [3, H, W] image a row."""
+    spec = tiny_spec(model_or_name)
+    config, dtype = _config_of(model_or_name)
+    image_id = visual_token_ids(config)["image"]
+    rows, visuals = [], []
+    for image, (before, after) in zip(images, texts):
+        count, pixels = _visual_inputs(spec, config, image)
+        rows.append(_row_tokens(spec, before, after, image_id, count, 1))
+        visuals.append(pixels)
+    batch = _assemble(spec, rows, padding)
+    for key in visuals[0]:
+        values = [v[key] for v in visuals]
+        if isinstance(values[0], torch.Tensor):
+            batch[key] = torch.cat(values).to(dtype)
+        else:
+            batch[key] = torch.tensor(values, dtype=torch.long)
+    return batch
 
 
 def _check_batch_args(batch_size: int) -> None:
@@ -424,23 +452,49 @@ def tiny_batch(model_or_name, batch_size: int = 2, seed: int = 0, padding: bool 
     """
     _check_batch_args(batch_size)
     spec = tiny_spec(model_or_name)
-    config, dtype = _config_of(model_or_name)
-    image_id = visual_token_ids(config)["image"]
-    rows, visuals = [], []
+    images, texts = [], []
     for i in range(batch_size):
         gen = _row_generator(seed, i, salt=1)
-        image = torch.rand((3, *spec.image_hw), generator=gen) * 2 - 1
-        count, pixels = _visual_inputs(spec, config, image)
-        rows.append(_row_tokens(spec, gen, *_text_lengths(i, padding), image_id, count, 1))
-        visuals.append(pixels)
-    batch = _assemble(spec, rows, padding)
-    for key in visuals[0]:
-        values = [v[key] for v in visuals]
-        if isinstance(values[0], torch.Tensor):
-            batch[key] = torch.cat(values).to(dtype)
-        else:
-            batch[key] = torch.tensor(values, dtype=torch.long)
-    return batch
+        images.append(torch.rand((3, *spec.image_hw), generator=gen) * 2 - 1)
+        texts.append(_random_text(gen, *_text_lengths(i, padding)))
+    return _image_rows(model_or_name, images, texts, padding)
+
+
+def tiny_pixels(model_or_name, image) -> torch.Tensor:
+    """A PIL image as a tiny family's image: ``[3, H, W]`` float in [-1, 1].
+
+    RGB, resized (bicubic) to the family's image size ``tiny_spec(...).image_hw`` and normalised
+    with mean 0.5 and std 0.5 per channel (as SigLIP's processor), the range of
+    :func:`tiny_batch`'s synthetic images.
+    """
+    import numpy as np
+    from PIL import Image
+
+    if not isinstance(image, Image.Image):
+        raise TypeError(f"image must be a PIL.Image.Image, got {type(image).__name__}")
+    h, w = tiny_spec(model_or_name).image_hw
+    rgb = image.convert("RGB").resize((w, h), Image.Resampling.BICUBIC)
+    pixels = torch.tensor(np.asarray(rgb))  # [H, W, 3] uint8
+    return (pixels.permute(2, 0, 1).float() / 255 - 0.5) / 0.5
+
+
+def tiny_image_batch(model_or_name, images: list, prompts: list[list[int]]) -> dict[str, torch.Tensor]:
+    """Forward / ``generate`` kwargs for real images and prompts: row ``i`` is
+    ``[BOS] [start] <image>*n [end] prompts[i]``, left-padded, with ``images[i]`` (a PIL image)
+    in the family's pixel format through :func:`tiny_pixels`. Keys as :func:`tiny_batch`.
+
+    :param prompts: token ids per row (e.g. a byte-level tokenizer's), each id in [0, 512).
+    """
+    if len(images) != len(prompts) or not images:
+        raise ValueError(f"need one prompt per image and at least one image, got {len(images)} images, {len(prompts)} prompts")
+    config, _ = _config_of(model_or_name)
+    vocab = config.get_text_config().vocab_size
+    for i, prompt in enumerate(prompts):
+        bad = [t for t in prompt if not 0 <= int(t) < vocab]
+        if bad:
+            raise ValueError(f"prompt {i} has token ids outside the vocabulary [0, {vocab}): {bad[:5]}")
+    pixels = [tiny_pixels(model_or_name, image) for image in images]
+    return _image_rows(model_or_name, pixels, [([], [int(t) for t in p]) for p in prompts], padding=True)
 
 
 def tiny_video_batch(
@@ -468,7 +522,7 @@ def tiny_video_batch(
         video = torch.rand((num_frames, 3, *spec.image_hw), generator=gen) * 2 - 1
         p, grid = _patchify_qwen(video, v.patch_size, v.spatial_merge_size, v.temporal_patch_size)
         count = math.prod(grid) // v.spatial_merge_size**2
-        rows.append(_row_tokens(spec, gen, *_text_lengths(i, padding), video_id, count, 2))
+        rows.append(_row_tokens(spec, *_random_text(gen, *_text_lengths(i, padding)), video_id, count, 2))
         patches.append(p)
         grids.append(grid)
     batch = _assemble(spec, rows, padding)
