@@ -45,6 +45,7 @@ _LAZY = {
     "run_mlp": ".blocks",
     "run_attention_projections": ".blocks",
     "check_layer": ".blocks",
+    "capture_input": ".blocks",
     "lava_layers": ".blocks",
     "LavaBlockResult": ".blocks",
     "LayerCheck": ".blocks",

@@ -56,6 +56,7 @@ __all__ = [
     "run_spike_linears",
     "run_mlp",
     "run_attention_projections",
+    "capture_input",
     "check_layer",
     "lava_layers",
 ]
@@ -391,6 +392,33 @@ def lava_layers(model: nn.Module) -> list[str]:
     return [name for name, module in model.named_modules() if name and _kind(module) is not None]
 
 
+def capture_input(model: nn.Module, layer: str, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x, ids)``: the input of module ``layer`` during ``model(**batch)`` (a forward pre-hook)
+    and the modality id of each of its tokens ``[B, L]``, as its first ``SpikeLinear`` sees them.
+
+    :raises ValueError: the module was not called on ``batch``.
+    """
+    module = model.get_submodule(layer)
+    source = next(m for m in module.modules() if isinstance(m, SpikeLinear))
+    captured = {}
+
+    def hook(mod, args, kwargs):
+        x = args[0] if args else kwargs["hidden_states"]
+        x3 = x.reshape(-1, x.shape[-2], x.shape[-1]) if x.dim() >= 3 else x.reshape(1, -1, x.shape[-1])
+        captured["x"] = x.detach().clone()
+        captured["ids"] = source.modality(*x3.shape[:2]).clone()
+
+    handle = module.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            model(**batch)
+    finally:
+        handle.remove()
+    if "x" not in captured:
+        raise ValueError(f"{layer} was not called on this batch")
+    return captured["x"], captured["ids"]
+
+
 @dataclass
 class LayerCheck:
     """Equivalence of one converted layer on Lava and in PyTorch (:func:`check_layer`)."""
@@ -434,25 +462,7 @@ def check_layer(model: nn.Module, layer: str, batch: dict, *, precision: Precisi
             f"{layer} is a {type(module).__name__}, which cannot run on Lava: give a SpikeLinear, a gated MLP "
             f"(gate_proj/up_proj/down_proj) or an attention module with q_proj/k_proj/v_proj"
         )
-    source = module if kind == "linear" else module.gate_proj if kind == "mlp" else module.q_proj
-    captured = {}
-
-    def hook(mod, args, kwargs):
-        x = args[0] if args else kwargs["hidden_states"]
-        x3_shape = (-1, x.shape[-2]) if x.dim() >= 3 else (1, -1)
-        captured["x"] = x.detach().clone()
-        ids_shape = x.reshape(*x3_shape, x.shape[-1]).shape[:2]
-        captured["ids"] = source.modality(*ids_shape).clone()
-
-    handle = module.register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        with torch.no_grad():
-            model(**batch)
-    finally:
-        handle.remove()
-    if "x" not in captured:
-        raise ValueError(f"{layer} was not called on this batch")
-    x, ids = captured["x"], captured["ids"]
+    x, ids = capture_input(model, layer, batch)
     sites = [m for m in module.modules() if isinstance(m, SpikeLinear)]
     old_modes = [m.mode for m in sites]
     try:

@@ -14,6 +14,7 @@ from spikemllm_sj import SpikeConfig, calibrate, convert
 from spikemllm_sj.cli import main
 from spikemllm_sj.lava_backend import (
     DecodedOp,
+    capture_input,
     check_layer,
     lava_layers,
     run_attention_projections,
@@ -43,23 +44,8 @@ def converted():
 
 
 def captured_input(model, batch, path):
-    """The real input of ``path`` on ``batch`` and its tokens' modality ids."""
-    module = model.get_submodule(path)
-    source = next(m for m in module.modules() if isinstance(m, SpikeLinear))
-    seen = {}
-
-    def hook(mod, args, kwargs):
-        x = args[0] if args else kwargs["hidden_states"]
-        seen["x"] = x.detach().clone()
-        seen["ids"] = source.modality(*x.shape[:2]).clone()
-
-    handle = module.register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        with torch.no_grad():
-            model(**batch)
-    finally:
-        handle.remove()
-    return module, seen["x"], seen["ids"]
+    """The module at ``path``, its real input on ``batch`` and its tokens' modality ids."""
+    return (model.get_submodule(path), *capture_input(model, path, batch))
 
 
 def test_spec_from_spike_linear(converted):
