@@ -80,7 +80,7 @@ def run_modes(
     batches = list(batches)
     anns = [_outputs(model, b, new_tokens, logits) for b in tqdm(batches, desc="float model", unit="batch", disable=not progress)]
     with torch.no_grad():
-        convert(model, config, calibration)
+        convert(model, config, calibration, progress=progress)
     runs = []
     try:
         for batch, ann in zip(tqdm(batches, desc="spiking + fake-quant", unit="batch", disable=not progress), anns):

@@ -109,6 +109,12 @@ class SpikeConfig:
         return cls(msts=msts, method=methods[name](**method), **data)
 
     @property
+    def needs_calibration(self) -> bool:
+        """Whether ``convert`` needs a :class:`~spikemllm_sj.calibration.Calibration` for this
+        configuration: static scales, SmoothQuant's migration scales and GPTQ's Hessians."""
+        return self.act_scales == "static" or isinstance(self.method, SmoothQuant) or self.weight_method == "gptq"
+
+    @property
     def weight_levels(self) -> IntLevels:
         return IntLevels.from_bits(self.weight_bits)
 

@@ -28,6 +28,7 @@ import torch.nn as nn
 from spikingjelly.activation_based.ann2snn import ModuleConverter
 from spikingjelly.activation_based.ann2snn.recipes import ModuleConversionRecipe
 from torch.utils.hooks import RemovableHandle
+from tqdm.auto import tqdm
 
 from spikemllm_sj.adapters import ModelAdapter, adapter_for
 from spikemllm_sj.attention import ATTN_IMPLEMENTATION, register_attention
@@ -35,7 +36,7 @@ from spikemllm_sj.calibration import Calibration
 from spikemllm_sj.config import SpikeConfig
 from spikemllm_sj.modules import MODES, FixedModality, Mode, SpikeAttention, SpikeLinear, TokenModalities, _SpikeSite
 from spikemllm_sj.neurons import Modality
-from spikemllm_sj.quantizers import RTN, Hadamard, QuaRot, SmoothQuant, transformed_absmax
+from spikemllm_sj.quantizers import RTN, Hadamard, QuaRot, transformed_absmax
 from spikemllm_sj.rotation import rotate_residual_stream
 
 __all__ = ["SpikeState", "SpikeMLLMRecipe", "convert", "set_mode", "spike_state"]
@@ -106,12 +107,10 @@ def _set_token_modalities(visual_ids: dict[Modality, int], modalities: TokenModa
 class SpikeMLLMRecipe(ModuleConversionRecipe):
     """SpikingJelly conversion recipe for the supported MLLMs (see the module docstring)."""
 
-    def __init__(self, config: SpikeConfig, calibration: Optional[Calibration] = None):
+    def __init__(self, config: SpikeConfig, calibration: Optional[Calibration] = None, progress: bool = False):
         if not isinstance(config, SpikeConfig):
             raise TypeError(f"config must be a SpikeConfig, got {type(config).__name__}")
-        needs_calibration = (
-            config.act_scales == "static" or isinstance(config.method, SmoothQuant) or config.weight_method == "gptq"
-        )
+        needs_calibration = config.needs_calibration
         if needs_calibration and calibration is None:
             raise ValueError(
                 "act_scales='static', SmoothQuant and GPTQ need a calibration: "
@@ -123,6 +122,7 @@ class SpikeMLLMRecipe(ModuleConversionRecipe):
             )
         self.config = config
         self.calibration = calibration
+        self.progress = progress
 
     def convert_module(self, converter: ModuleConverter, model: nn.Module) -> nn.Module:
         adapter = adapter_for(model)
@@ -158,7 +158,7 @@ class SpikeMLLMRecipe(ModuleConversionRecipe):
         if isinstance(cfg.method, QuaRot):
             rotate_residual_stream(model, adapter)
         register_attention()
-        for path, module, parent, attr, source in sites:
+        for path, module, parent, attr, source in tqdm(sites, desc="convert", unit="layer", disable=not self.progress):
             if isinstance(module, nn.Linear):
                 setattr(parent, attr, self._spike_linear(path, module, source, self._method_for(path, adapter)))
                 if uses[id(module.weight)] == 1:
@@ -212,14 +212,18 @@ class SpikeMLLMRecipe(ModuleConversionRecipe):
 
 
 def convert(
-    model: nn.Module, config: Optional[SpikeConfig] = None, calibration: Optional[Calibration] = None
+    model: nn.Module,
+    config: Optional[SpikeConfig] = None,
+    calibration: Optional[Calibration] = None,
+    progress: bool = False,
 ) -> nn.Module:
     """Make ``model`` spike-driven in place and return it (see the module docstring).
 
-    :param calibration: static input scales from :func:`~spikemllm_sj.calibration.calibrate`,
-        required by (and only by) ``SpikeConfig(act_scales="static")``.
+    :param calibration: from :func:`~spikemllm_sj.calibration.calibrate`, required by (and only
+        by) configurations that need one (``SpikeConfig.needs_calibration``).
+    :param progress: a progress bar over the layers swapped.
     """
-    return ModuleConverter(SpikeMLLMRecipe(config or SpikeConfig(), calibration)).convert(model)
+    return ModuleConverter(SpikeMLLMRecipe(config or SpikeConfig(), calibration, progress)).convert(model)
 
 
 def set_mode(model: nn.Module, mode: Mode) -> None:

@@ -25,20 +25,13 @@ import torch
 
 from spikemllm_sj.config import SpikeConfig
 
-__all__ = ["SAMPLE_DATA", "EXAMPLE_IMAGE", "QUESTIONS", "needs_calibration", "chunks", "shown", "record_batches", "calibration_for",
+__all__ = ["SAMPLE_DATA", "EXAMPLE_IMAGE", "QUESTIONS", "chunks", "shown", "record_batches", "calibration_for",
            "med_schedule", "run_pipeline"]
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_DATA = ROOT / "data" / "eval_sample" / "sample.jsonl"
 EXAMPLE_IMAGE = ROOT / "examples" / "assets" / "shapes.png"
 QUESTIONS = ("What colour is the circle?", "Which shape is blue?")
-
-
-def needs_calibration(config: SpikeConfig) -> bool:
-    """Whether ``convert`` needs a calibration for ``config`` (static scales, SmoothQuant, GPTQ)."""
-    from spikemllm_sj.quantizers import SmoothQuant
-
-    return config.act_scales == "static" or isinstance(config.method, SmoothQuant) or config.weight_method == "gptq"
 
 
 def chunks(items: Sequence, size: int) -> list:
@@ -78,7 +71,7 @@ def calibration_for(model, processor, config: SpikeConfig, data, batch_size: int
     """
     from spikemllm_sj.calibration import calibrate
 
-    if not needs_calibration(config):
+    if not config.needs_calibration:
         return None, None
     if data is None:
         raise ValueError("this configuration (static scales, SmoothQuant or GPTQ) needs calibration records: give a JSONL of them")
