@@ -40,6 +40,7 @@ class Calibration:
     def update(self, site: str, modality: Modality, channel_absmax: torch.Tensor) -> None:
         per_site = self.absmax.setdefault(site, {})
         name = modality.name.lower()
+        channel_absmax = channel_absmax.detach().cpu()  # kept as lists: device-independent
         if name in per_site:
             channel_absmax = torch.maximum(torch.tensor(per_site[name]), channel_absmax)
         per_site[name] = channel_absmax.tolist()

@@ -202,9 +202,11 @@ class SpikeMLLMRecipe(ModuleConversionRecipe):
 
     def _spike_linear(self, path: str, linear: nn.Linear, source, method) -> SpikeLinear:
         cfg = self.config
-        ranges = None if self.calibration is None else self.calibration.channel_absmax_of(path)
+        ranges = None if self.calibration is None else {
+            m: r.to(linear.weight.device) for m, r in self.calibration.channel_absmax_of(path).items()
+        }
         all_ranges = None if ranges is None else torch.stack(list(ranges.values())).amax(0)
-        hessian = self.calibration.hessians[path] if cfg.weight_method == "gptq" else None
+        hessian = self.calibration.hessians[path].to(linear.weight.device) if cfg.weight_method == "gptq" else None
         site = SpikeLinear(linear, cfg.msts, cfg.weight_levels, source, method, all_ranges, hessian)
         if cfg.act_scales == "static":
             site.set_static_absmax({m: transformed_absmax(site.transform, r) for m, r in ranges.items()})

@@ -221,7 +221,7 @@ class SpikeLinear(_MSTSSite):
         if self.transform is not None:
             x = self.transform(x)
         x3 = x.reshape(-1, x.shape[-2], x.shape[-1]) if x.dim() >= 3 else x.reshape(1, -1, x.shape[-1])
-        ids = self.modality(*x3.shape[:2])
+        ids = self.modality(*x3.shape[:2]).to(x3.device)
         acc, scale = self._levels_dot(x3, ids, self.qweight.T, self.weight_levels.qmax)
         return self.dequantize(acc, scale, x.dtype).reshape(*x.shape[:-1], self.out_features)
 
@@ -251,7 +251,7 @@ class SpikeScores(_MSTSSite):
         B, H, L, d = query.shape
         k_scale = absmax_scale(key, self.kv_levels, "token")  # [B, H, S, 1]
         k_levels = quantize(key, k_scale, self.kv_levels)
-        ids = self.modality(B, L).repeat_interleave(H, dim=0)  # every head of a token has its modality
+        ids = self.modality(B, L).to(query.device).repeat_interleave(H, dim=0)  # every head of a token has its modality
         k_t = k_levels.reshape(B * H, -1, d).transpose(1, 2)
         acc, q_scale = self._levels_dot(query.reshape(B * H, L, d), ids, k_t, self.kv_levels.qmax)
         scores = acc * q_scale.to(acc.dtype) * k_scale.reshape(B * H, 1, -1).to(acc.dtype)

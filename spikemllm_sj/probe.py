@@ -17,7 +17,7 @@ from spikemllm_sj.converter import set_mode, spike_state
 from spikemllm_sj.modules import SpikeLinear, SpikeScores, _MSTSSite
 from spikemllm_sj.neurons import Modality
 
-__all__ = ["record_activity", "layer_group"]
+__all__ = ["layer_group", "record_activity", "spike_counts"]
 
 _NUMBERED = re.compile(r"^(.*?\.\d+)(?:\.|$)")
 
@@ -28,6 +28,21 @@ def layer_group(site: str) -> str:
     match = _NUMBERED.match(site)
     group = match.group(1) if match else site.rpartition(".")[0]
     return group.removeprefix("model.")
+
+
+def spike_counts(out, ids: torch.Tensor, keep: torch.Tensor | None = None) -> dict[int, dict[str, int]]:
+    """Per modality value in ``ids`` (``[N, L]``, the tokens an MSTS encoder coded), restricted to
+    ``keep`` (bool, same shape; default all): ``tokens``, ``steps`` (summed over tokens), ``spikes``
+    (non-zero, +1 and -1) and ``neuron_steps`` (neurons x steps, the firing rate's denominator) of
+    the encoder's output ``out`` (:class:`~spikemllm_sj.neurons.MSTSSpikes`)."""
+    keep = torch.ones_like(ids, dtype=torch.bool) if keep is None else keep
+    counts = {}
+    for m in ids[keep].unique().tolist():
+        mask = keep & (ids == m)
+        steps = int(out.steps[mask].sum())
+        counts[m] = {"tokens": int(mask.sum()), "steps": steps, "spikes": int(torch.count_nonzero(out.spikes[:, mask])),
+                     "neuron_steps": steps * out.spikes.shape[-1]}
+    return counts
 
 
 def _window(modalities: list[int], width: int) -> tuple[int, int]:
@@ -69,14 +84,7 @@ def record_activity(model: nn.Module, batch: dict, raster_neurons: int = 12, ras
         def on_output(encoder, args, out):
             ids = args[1]
             record = records.setdefault(name, {"name": name, "kind": kind, "group": layer_group(name), "modalities": {}})
-            for m in torch.unique(ids).tolist():
-                mask = ids == m
-                counts = {
-                    "tokens": int(mask.sum()),
-                    "steps": int(out.steps[mask].sum()),
-                    "spikes": int(torch.count_nonzero(out.spikes[:, mask])),
-                    "neuron_steps": int(out.steps[mask].sum()) * out.spikes.shape[-1],
-                }
+            for m, counts in spike_counts(out, ids).items():
                 totals = record["modalities"].setdefault(Modality(m).name.lower(), dict.fromkeys(counts, 0))
                 for key, value in counts.items():
                     totals[key] += value  # a site called more than once in the forward adds up

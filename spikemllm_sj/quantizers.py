@@ -156,5 +156,5 @@ def hadamard_matrix(n: int) -> torch.Tensor:
 
 @register_method(Hadamard)
 def _hadamard(method: Hadamard, weight: torch.Tensor, channel_absmax):
-    r = hadamard_matrix(weight.shape[1])
+    r = hadamard_matrix(weight.shape[1]).to(weight.device)
     return (weight.double() @ r).to(weight.dtype), Rotation(r.to(weight.dtype))

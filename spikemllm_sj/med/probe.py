@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from spikemllm_sj.converter import set_mode, spike_state
 from spikemllm_sj.modules import _MSTSSite
 from spikemllm_sj.neurons import Modality, MSTSSpikes
+from spikemllm_sj.probe import spike_counts
 
 __all__ = [
     "LayerEvolution",
@@ -133,7 +134,8 @@ def record_reference(
         for batch in tqdm(batches, desc="med: FP32 reference", unit="batch", disable=not progress):
             logits = model(**batch).logits
             real = _real(batch)
-            ids = modality_ids(batch["input_ids"], visual_ids)[real]
+            # Statistics accumulate on the CPU; outputs stay on the model's device.
+            ids = modality_ids(batch["input_ids"], visual_ids)[real].cpu()
             ref.real.append(real)
             ref.ids.append(ids)
             ref.logits.append(logits[real].float())
@@ -141,8 +143,8 @@ def record_reference(
             counts += torch.bincount(ids, minlength=len(Modality))
             for i, (x, y) in enumerate(io):
                 x, y = x[real].double(), y[real].double()
-                change = 1 - F.cosine_similarity(x, y, dim=-1)
-                update = (y - x).norm(dim=-1) / x.norm(dim=-1)
+                change = (1 - F.cosine_similarity(x, y, dim=-1)).cpu()
+                update = ((y - x).norm(dim=-1) / x.norm(dim=-1)).cpu()
                 for m in ids.unique().tolist():
                     sums[i, m, 0] += change[ids == m].sum()
                     sums[i, m, 1] += update[ids == m].sum()
@@ -197,7 +199,7 @@ def measure(model: nn.Module, reference: Reference, layers: nn.ModuleList) -> Me
                 counts += torch.bincount(ids, minlength=len(Modality))
                 for i, (_, out) in enumerate(io):
                     change = 1 - F.cosine_similarity(out[real].double(), reference.hidden[b][i].double(), dim=-1)
-                    err[i].index_add_(0, ids, change)
+                    err[i].index_add_(0, ids, change.cpu())
     finally:
         set_mode(model, "spike")
     present = [m for m in Modality if counts[m] > 0]
@@ -240,19 +242,17 @@ def firing_rates(
 
     def hook(label: str, in_lm: bool):
         def count(module, args, out: MSTSSpikes):
-            ids = args[1]
-            keep = torch.ones_like(ids, dtype=torch.bool)
+            ids, keep = args[1], None
             if in_lm:
                 # The last ids.shape[1] tokens of each row (the head may see only those); attention
                 # queries repeat each row once per head.
                 real = current["real"][:, -ids.shape[1] :]
                 keep = real.repeat_interleave(ids.shape[0] // real.shape[0], dim=0)
             per_layer = spikes.setdefault(label, {})
-            for m in ids[keep].unique().tolist():
-                mask = keep & (ids == m)
+            for m, counts in spike_counts(out, ids, keep).items():
                 tally = per_layer.setdefault(Modality(int(m)).name.lower(), [0, 0])
-                tally[0] += int(torch.count_nonzero(out.spikes[:, mask]))
-                tally[1] += int(out.steps[mask].sum()) * out.spikes.shape[-1]
+                tally[0] += counts["spikes"]
+                tally[1] += counts["neuron_steps"]
 
         return count
 
