@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,7 @@ __all__ = [
     "answers",
     "collate",
     "easyvqa_accuracy",
+    "image_attributes",
     "load_split",
     "normalize",
     "one_question_per_image",
@@ -37,6 +39,7 @@ __all__ = [
 ]
 
 SPLITS = ("train", "test")
+SHAPES = ("circle", "rectangle", "triangle")
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,39 @@ def load_split(split: str) -> EasyVQA:
         with Image.open(root / "images" / f"{i}.png") as im:
             images[i] = np.asarray(im.convert("RGB")).transpose(2, 0, 1)
     return EasyVQA(split, records, torch.from_numpy(images))
+
+
+def image_attributes(data: EasyVQA) -> tuple[torch.Tensor, torch.Tensor, tuple[str, ...]]:
+    """Each image's shape and colour, read off its question/answer pairs.
+
+    easy-VQA ships no labels, but its answers imply them: an open question names the shape or colour
+    (``what is the red shape?`` -> ``circle`` gives both), and a yes/no question with its negation
+    resolved (``is no circle present?`` -> ``no``) names one when the fact it asks about is true.
+
+    :returns: ``shape [N]`` (index into :data:`SHAPES`), ``colour [N]`` (index into the returned
+        colour names), both ``-100`` (cross-entropy's ignore index) where no question of the image
+        tells; and the colour names, in the package's answer order.
+    """
+    colours = tuple(a for a in answers() if a not in SHAPES + ("yes", "no"))
+    shape = torch.full((data.images.shape[0],), -100, dtype=torch.long)
+    colour = torch.full_like(shape, -100)
+    for r in data.records:
+        words = re.findall(r"[a-z]+", r.question)
+        named_shape = next((SHAPES.index(w) for w in words if w in SHAPES), None)
+        named_colour = next((colours.index(w) for w in words if w in colours), None)
+        if r.answer in SHAPES:
+            shape[r.image_id] = SHAPES.index(r.answer)
+            named_shape = None  # the shape named in an open question is the answer itself
+        elif r.answer in colours:
+            colour[r.image_id] = colours.index(r.answer)
+            named_colour = None
+        elif (r.answer == "yes") == ("not" in words or "no" in words):
+            continue  # the fact asked about is false: it names neither attribute
+        if named_shape is not None:
+            shape[r.image_id] = named_shape
+        if named_colour is not None:
+            colour[r.image_id] = named_colour
+    return shape, colour, colours
 
 
 def one_question_per_image(data: EasyVQA, seed: int = 0, limit: int | None = None) -> list[VQARecord]:
@@ -154,8 +190,8 @@ def easyvqa_accuracy(
     for start in tqdm(batches, desc="easy-vqa", disable=not progress):
         chunk = records[start : start + batch_size]
         rows = [prompt_ids(tokenizer, r.question, config.image_token_id, config.image_seq_length) for r in chunk]
-        batch = collate(rows, eos)
-        pixels = normalize(data.images[[r.image_id for r in chunk]]).to(model.dtype)
+        batch = {k: v.to(model.device) for k, v in collate(rows, eos).items()}
+        pixels = normalize(data.images[[r.image_id for r in chunk]]).to(model.device, model.dtype)
         with torch.no_grad():
             out = model.generate(
                 **batch, pixel_values=pixels, max_new_tokens=4, do_sample=False, eos_token_id=eos, pad_token_id=eos
