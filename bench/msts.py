@@ -129,6 +129,7 @@ def trained_llava_task(args) -> Task:
             "the real-weights issue: python bench/train_easyvqa.py; then rerun python bench/msts.py --model trained-llava"
         )
     model, tokenizer, meta = load_easyvqa_llava(weights)
+    model.to(args.device)
     config = model.config
     train, test = ev.load_split("train"), ev.load_split("test")
     # Calibration and selection questions come from different train images; the table uses the test split.
@@ -141,7 +142,7 @@ def trained_llava_task(args) -> Task:
         rows = [ev.prompt_ids(tokenizer, r.question, config.image_token_id, config.image_seq_length) for r in records]
         batch = ev.collate(rows, tokenizer.convert_tokens_to_ids("<|im_end|>"))
         batch["pixel_values"] = ev.normalize(train.images[[r.image_id for r in records]]).to(model.dtype)
-        return batch
+        return {k: v.to(model.device) for k, v in batch.items()}
 
     step = 16
     calib = [batch_of(calib_records[i : i + step]) for i in range(0, len(calib_records), step)]
@@ -253,8 +254,10 @@ def markdown(task: Task, rows: list[dict], schedules: dict, args, seconds: float
     lines = [
         f"# MSTS: fidelity against time steps ({task.name})",
         "",
-        f"Command: `{args.command}`; {seconds / 60:.1f} min with {torch.get_num_threads()} torch thread(s) on "
-        f"{os.cpu_count()} logical CPUs; Python {platform.python_version()}, torch {torch.__version__}, "
+        f"Command: `{args.command}`; {seconds / 60:.1f} min "
+        + (f"on {torch.cuda.get_device_name()}" if str(getattr(args, "device", "cpu")).startswith("cuda") and task.name == "trained-llava"
+           else f"with {torch.get_num_threads()} torch thread(s) on {os.cpu_count()} logical CPUs")
+        + f"; Python {platform.python_version()}, torch {torch.__version__}, "
         f"transformers {transformers.__version__}.",
         "",
         task.description,
@@ -308,6 +311,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--groups", type=int, default=2, help="decoder layer groups scheduled apart from the vision tower")
     parser.add_argument("--method", default="rtn", choices=sorted(METHODS), help="quantization method of the conversion")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="trained-llava: where the model runs")
     parser.add_argument("--weights", default=None, help="trained-llava: vision tower + projector safetensors")
     parser.add_argument("--calibration", type=int, default=64, help="trained-llava: calibration questions")
     parser.add_argument("--select", default="cosine", choices=("cosine", "accuracy"), help="trained-llava: what the scheduler maximises")
