@@ -35,6 +35,7 @@ import math
 import os
 import platform
 import random
+import shlex
 import sys
 import time
 from dataclasses import replace
@@ -339,8 +340,8 @@ def main(argv=None) -> int:
         p.error(f"--questions must be in [1, 1000], got {args.questions}")
     result = run(args)
     args.docs.mkdir(parents=True, exist_ok=True)
-    command = "python bench/fidelity.py" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
-    (args.docs / "fidelity.md").write_text(render(result, command.strip()))
+    command = shlex.join(["python", "bench/fidelity.py", *(argv if argv is not None else sys.argv[1:])])
+    (args.docs / "fidelity.md").write_text(render(result, command))
     plot(result, args.docs / "fidelity.png")
     print((args.docs / "fidelity.md").read_text())
     return 0
