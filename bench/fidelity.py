@@ -116,25 +116,18 @@ def scored(model, tokenizer, test, records, batch_size: int) -> dict:
     return {"correct": acc.correct, "total": acc.total, "percent": acc.percent, "answers": list(acc.answers)}
 
 
-def calibration_batches(model, tokenizer, count: int = 4, size: int = 16, seed: int = 0, device="cpu"):
-    """``count`` batches of ``size`` seeded train questions (forward kwargs on ``device``)."""
+def calibration_batches(model, tokenizer, count: int = 4, size: int = 16, seed: int = 0) -> list[dict]:
+    """``count`` batches of ``size`` seeded train questions (forward kwargs on the model's device)."""
     train = ev.load_split("train")
-    rng = random.Random(seed)
-    picks = rng.sample(train.records, count * size)
-    for i in range(count):
-        chunk = picks[i * size : (i + 1) * size]
-        rows = [ev.prompt_ids(tokenizer, r.question, model.config.image_token_id, model.config.image_seq_length) for r in chunk]
-        batch = {**ev.collate(rows, pad_id=tokenizer.convert_tokens_to_ids("<|im_end|>")),
-                 "pixel_values": ev.normalize(train.images[[r.image_id for r in chunk]])}
-        yield {k: v.to(device) for k, v in batch.items()}
+    picks = random.Random(seed).sample(train.records, count * size)
+    return [ev.prompt_batch(model, tokenizer, train, picks[i * size : (i + 1) * size]) for i in range(count)]
 
 
-def med_steps(model, tokenizer, config: SpikeConfig, calibration, device) -> tuple[tuple[int, int], dict]:
+def med_steps(model, batches: list[dict], config: SpikeConfig, calibration) -> tuple[tuple[int, int], dict]:
     """``((Tv, Tt), record)`` the MED scheduler picks for ``config`` at :data:`MED_BUDGET` average
-    steps per language-model token, measured on the calibration questions (never the test split)."""
+    steps per language-model token, measured on the calibration ``batches`` (never the test split)."""
     from spikemllm_sj.pipeline import med_schedule
 
-    batches = list(calibration_batches(model, tokenizer, device=device))
     scheduled, record = med_schedule(model, batches, config, calibration, MED_BUDGET, progress=False)
     steps = record["steps"]
     return (steps["image"], steps["text"]), {"steps": steps, "mean_med": record["mean_med"], "chosen": record["chosen"]}
@@ -148,12 +141,13 @@ def run(args) -> dict:
     records = ev.one_question_per_image(test, seed=0, limit=args.questions)
     rows = Rows(args.work / f"rows_{len(records)}.json", device_name(device))
     fp32 = rows.get("fp32", lambda: scored(model, tokenizer, test, records, args.batch_size))
+    calib_batches = calibration_batches(model, tokenizer)
     calibration = None
     table = []
     for name in args.methods:
         method = METHODS[name]
         if isinstance(method, SmoothQuant) and calibration is None:
-            calibration = calibrate(model, list(calibration_batches(model, tokenizer, device=device)), SpikeConfig(), progress=False)
+            calibration = calibrate(model, calib_batches, SpikeConfig(), progress=False)
         base = SpikeConfig(method=method)
         needed = calibration if base.needs_calibration else None  # the converter refuses an unused one
         snn = None
@@ -161,7 +155,7 @@ def run(args) -> dict:
             schedule = None
             if SCHEDULES[label] is None:
                 schedule = rows.get(f"{name}|{label}|schedule", lambda: dict(zip(("steps_vt", "med"), med_steps(
-                    model, tokenizer, replace(base, msts=msts(4, 4)), needed, device))))
+                    model, calib_batches, replace(base, msts=msts(4, 4)), needed))))
             tv, tt = SCHEDULES[label] or tuple(schedule["steps_vt"])
             spike = args.spike == "all" or (args.spike == "headline" and label == HEADLINE)
             keys = [f"{name}|{label}|fake_quant"] + ([f"{name}|{label}|spike"] if spike else [])

@@ -130,7 +130,6 @@ def trained_llava_task(args) -> Task:
         )
     model, tokenizer, meta = load_easyvqa_llava(weights)
     model.to(args.device)
-    config = model.config
     train, test = ev.load_split("train"), ev.load_split("test")
     # Calibration and selection questions come from different train images; the table uses the test split.
     pool = ev.one_question_per_image(train, seed=args.seed)
@@ -138,14 +137,8 @@ def trained_llava_task(args) -> Task:
     select_records = pool[args.calibration : args.calibration + args.select_size]
     test_records = ev.one_question_per_image(test, seed=0, limit=args.test_limit)
 
-    def batch_of(records):
-        rows = [ev.prompt_ids(tokenizer, r.question, config.image_token_id, config.image_seq_length) for r in records]
-        batch = ev.collate(rows, tokenizer.convert_tokens_to_ids("<|im_end|>"))
-        batch["pixel_values"] = ev.normalize(train.images[[r.image_id for r in records]]).to(model.dtype)
-        return {k: v.to(model.device) for k, v in batch.items()}
-
     step = 16
-    calib = [batch_of(calib_records[i : i + step]) for i in range(0, len(calib_records), step)]
+    calib = [ev.prompt_batch(model, tokenizer, train, calib_records[i : i + step]) for i in range(0, len(calib_records), step)]
     fp32 = ev.easyvqa_accuracy(model, tokenizer, test, test_records)
     study = analyze(model, calib, spike_config(args), MEDConfig(CANDIDATES, args.groups))
 

@@ -226,7 +226,7 @@ def main(argv=None) -> int:
         print(f"resumed at step {step} ({elapsed:.0f} s trained)", file=sys.stderr)
 
     prefixes = QuestionPrefixes(lm.model, tokenizer, [r.question for r in train.records])
-    image_ids = torch.arange(train.images.shape[0])
+    image_ids = list(range(train.images.shape[0]))
     bar = tqdm(total=total, initial=step, desc="train", dynamic_ncols=True)
     with open(log_path, "a") as log:
         while step < total:
@@ -243,7 +243,7 @@ def main(argv=None) -> int:
                     image = image_tokens(model, train, ids)
                     answer = answer_loss(model, prefixes, tokenizer, image, records)
                 else:
-                    ids = batch_records(image_ids.tolist(), step, args.attribute_batch, args.seed + 1)
+                    ids = batch_records(image_ids, step, args.attribute_batch, args.seed + 1)
                     image, answer = image_tokens(model, train, ids), torch.zeros((), device=device)
                 attribute = head(image, shape[ids].to(device), colour[ids].to(device))
                 loss = answer + (args.attribute_weight if answering else 1.0) * attribute

@@ -34,6 +34,7 @@ __all__ = [
     "load_split",
     "normalize",
     "one_question_per_image",
+    "prompt_batch",
     "prompt_ids",
     "score",
 ]
@@ -152,6 +153,17 @@ def collate(rows: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": mask}
 
 
+def prompt_batch(model, tokenizer, data: EasyVQA, records: list[VQARecord]) -> dict[str, torch.Tensor]:
+    """Forward / ``generate`` kwargs of ``records`` for a LLaVA ``model``, on its device: the prompts
+    left-padded with ``<|im_end|>`` (image placeholders and their count from ``model.config``) and
+    the images' pixel values in the model's dtype."""
+    config = model.config
+    rows = [prompt_ids(tokenizer, r.question, config.image_token_id, config.image_seq_length) for r in records]
+    batch = collate(rows, tokenizer.convert_tokens_to_ids("<|im_end|>"))
+    batch["pixel_values"] = normalize(data.images[[r.image_id for r in records]]).to(model.dtype)
+    return {k: v.to(model.device) for k, v in batch.items()}
+
+
 @dataclass(frozen=True)
 class Accuracy:
     """Exact-match accuracy of generated answers; ``answers[i]`` is the generated text of record i."""
@@ -183,19 +195,13 @@ def easyvqa_accuracy(
 
     if not records:
         raise ValueError("records is empty: nothing to score")
-    config = model.config
     eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
     generated: list[str] = []
     batches = range(0, len(records), batch_size)
     for start in tqdm(batches, desc="easy-vqa", disable=not progress):
-        chunk = records[start : start + batch_size]
-        rows = [prompt_ids(tokenizer, r.question, config.image_token_id, config.image_seq_length) for r in chunk]
-        batch = {k: v.to(model.device) for k, v in collate(rows, eos).items()}
-        pixels = normalize(data.images[[r.image_id for r in chunk]]).to(model.device, model.dtype)
+        batch = prompt_batch(model, tokenizer, data, records[start : start + batch_size])
         with torch.no_grad():
-            out = model.generate(
-                **batch, pixel_values=pixels, max_new_tokens=4, do_sample=False, eos_token_id=eos, pad_token_id=eos
-            )
+            out = model.generate(**batch, max_new_tokens=4, do_sample=False, eos_token_id=eos, pad_token_id=eos)
         generated += tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
     correct = sum(score(g, r.answer) for g, r in zip(generated, records))
     return Accuracy(correct, len(records), tuple(g.strip() for g in generated))

@@ -185,8 +185,7 @@ def test_the_spiking_llava_equals_its_fake_quant_twin_on_real_weights(fresh_llav
     assert model.config.image_seq_length == image_token_count() == 16
     snn = convert(copy.deepcopy(model), SpikeConfig())
     records = ev.one_question_per_image(test_split, seed=0, limit=1)  # spike mode is slow on 2 cores
-    rows = [ev.prompt_ids(tokenizer, r.question, model.config.image_token_id, 16) for r in records]
-    batch = {**ev.collate(rows, pad_id=2), "pixel_values": ev.normalize(test_split.images[[r.image_id for r in records]])}
+    batch = ev.prompt_batch(model, tokenizer, test_split, records)
     with torch.no_grad():
         spike = snn(**batch).logits
         set_mode(snn, "fake_quant")
