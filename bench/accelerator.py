@@ -24,10 +24,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from spikemllm_sj import accelerator as acc  # noqa: E402
+from spikemllm_sj.analysis import accelerator as acc  # noqa: E402
 from spikemllm_sj import convert  # noqa: E402
-from spikemllm_sj.report import op_report  # noqa: E402
-from spikemllm_sj.tiny import TINY_MODELS, build_tiny_model, tiny_batch  # noqa: E402
+from spikemllm_sj.analysis.op_report import op_report  # noqa: E402
+from spikemllm_sj.models.tiny import TINY_MODELS, build_tiny_model, tiny_batch  # noqa: E402
 
 RATIO_KEYS = ("throughput_ratio", "power_ratio_chip", "energy_per_token_ratio_chip", "power_ratio_with_hbm",
               "energy_per_token_ratio_with_hbm")
@@ -57,13 +57,11 @@ def main() -> int:
     totals = comparison.totals()
     fit = acc.fit_to_paper(preset, params)
     paper = acc.PAPER
-    head = "| " + " | ".join(RATIO_KEYS) + " |"
-    rule = "|" + "---:|" * len(RATIO_KEYS)
     lines = [
         "# Accelerator model: the paper preset (Qwen2VL-7B decode, batch 1, A800 FP16) at measured firing rates",
         "",
         f"Machine: {platform.machine()}, Python {platform.python_version()}, torch {torch.__version__}. "
-        f"Command: `python bench/accelerator.py`. Parameters: `spikemllm_sj/accelerator_params.toml`.",
+        f"Command: `python bench/accelerator.py`. Parameters: `spikemllm_sj/analysis/accelerator_params.toml`.",
         "",
         "## Firing rates measured on the tiny models (spikes per neuron and step, language model)",
         "",

@@ -2,10 +2,10 @@
 
 Run by hand (``python bench/converter.py``, two to four minutes on 2 cores); writes a Markdown table to
 ``bench/results/converter.md`` and prints it. Two tiny models with seeded random weights, both
-fixed below (:data:`QWEN2_CONFIG`, :data:`QWEN2_INPUT` and ``spikemllm_sj.tiny``):
+fixed below (:data:`QWEN2_CONFIG`, :data:`QWEN2_INPUT` and ``spikemllm_sj.models.tiny``):
 
 * a text-only ``Qwen2ForCausalLM`` (converted by our text-only adapter: every token is text);
-* ``tiny-qwen2-vl`` from :mod:`spikemllm_sj.tiny` with its ``tiny_batch`` (text, image, text).
+* ``tiny-qwen2-vl`` from :mod:`spikemllm_sj.models.tiny` with its ``tiny_batch`` (text, image, text).
 
 Rows per model: the FP32 model; the converted model in ``"fake_quant"`` mode (same quantizers, no
 spikes); ours in ``"spike"`` mode with TC-LIF (default MSTS: text 4 steps, image/video 3) and with
@@ -72,7 +72,7 @@ SEED = 0
 QWEN2_INPUT = dict(batch=2, length=32, low=3, high=500, seed=1)
 # SpikingJelly's recipe is calibrated on CALIB_BATCHES other batches of the same shape and law.
 CALIB_BATCHES, CALIB_SEED = 8, 2
-# The multimodal model: spikemllm_sj.tiny.build_tiny_model(VL_NAME, seed=SEED), tiny_batch(model, 2).
+# The multimodal model: spikemllm_sj.models.tiny.build_tiny_model(VL_NAME, seed=SEED), tiny_batch(model, 2).
 VL_NAME, VL_BATCH = "tiny-qwen2-vl", 2
 
 MODELS = ("qwen2", "qwen2-vl")
@@ -113,7 +113,7 @@ def qwen2_batch(seed: int) -> dict[str, torch.Tensor]:
 def build_model(model_name: str):
     if model_name == "qwen2":
         return build_qwen2()
-    from spikemllm_sj.tiny import build_tiny_model
+    from spikemllm_sj.models.tiny import build_tiny_model
 
     return build_tiny_model(VL_NAME, seed=SEED)
 
@@ -121,7 +121,7 @@ def build_model(model_name: str):
 def model_batch(model_name: str) -> dict[str, torch.Tensor]:
     if model_name == "qwen2":
         return qwen2_batch(QWEN2_INPUT["seed"])
-    from spikemllm_sj.tiny import tiny_batch
+    from spikemllm_sj.models.tiny import tiny_batch
 
     return tiny_batch(VL_NAME, batch_size=VL_BATCH, seed=SEED)
 
@@ -277,7 +277,7 @@ def machine(load_start: tuple[float, ...]) -> str:
 
 
 def configs_text() -> list[str]:
-    from spikemllm_sj.tiny import HEADS, HIDDEN, INTERMEDIATE, LAYERS, VISION_HEADS, VISION_HIDDEN, VISION_LAYERS, VOCAB
+    from spikemllm_sj.models.tiny import HEADS, HIDDEN, INTERMEDIATE, LAYERS, VISION_HEADS, VISION_HIDDEN, VISION_LAYERS, VOCAB
 
     vl_batch = model_batch("qwen2-vl")
     types = vl_batch["mm_token_type_ids"][vl_batch["attention_mask"].bool()]
@@ -291,7 +291,7 @@ def configs_text() -> list[str]:
         f"SpikingJelly's recipe is calibrated (`calibrate_qwen2_snn`, per-channel absmax, 16 levels) on "
         f"{CALIB_BATCHES} other batches of the same shape (seeds {CALIB_SEED * 1000}..{CALIB_SEED * 1000 + CALIB_BATCHES - 1}); "
         f"ours needs no calibration (per-token dynamic absmax scales).",
-        f"- **qwen2-vl**: `spikemllm_sj.tiny.build_tiny_model({VL_NAME!r}, seed={SEED})` "
+        f"- **qwen2-vl**: `spikemllm_sj.models.tiny.build_tiny_model({VL_NAME!r}, seed={SEED})` "
         f"(`Qwen2VLForConditionalGeneration`; text model vocab {VOCAB}, hidden {HIDDEN}, intermediate "
         f"{INTERMEDIATE}, {LAYERS} layers, {HEADS} heads / 2 KV heads, M-RoPE; ViT {VISION_LAYERS} blocks of "
         f"width {VISION_HIDDEN}, {VISION_HEADS} heads, patch 4, merge 2), float32. Input: "

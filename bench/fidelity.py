@@ -3,7 +3,7 @@
     python bench/fidelity.py                 # everything; resumable (see below)
     python bench/fidelity.py --methods Hadamard --schedules T=4 "MSTS 3/4" --spike headline --skip-ppl
 
-Model: the trained easy-VQA LLaVA (:mod:`spikemllm_sj.easyvqa_llava`; SmolLM2-135M-Instruct, frozen,
+Model: the trained easy-VQA LLaVA (:mod:`spikemllm_sj.models.easyvqa_llava`; SmolLM2-135M-Instruct, frozen,
 with a trained 4-layer CLIP tower). Questions: one seeded question per test image (seed 0; the
 first 500 images unless ``--questions``). For each quantizer (RTN; SmoothQuant alpha 0.5 calibrated
 on 64 train questions; online Hadamard rotation of every linear input; QuaRot's residual-stream
@@ -45,11 +45,11 @@ import torch
 import torch.nn.functional as F
 
 from spikemllm_sj import SpikeConfig, calibrate, convert, set_mode
-from spikemllm_sj import easyvqa as ev
-from spikemllm_sj.easyvqa_llava import VISION_WEIGHTS, load_easyvqa_llava
+from spikemllm_sj.data import easyvqa as ev
 from spikemllm_sj.med import set_msts
+from spikemllm_sj.models.easyvqa_llava import VISION_WEIGHTS, load_easyvqa_llava
 from spikemllm_sj.neurons import MSTSConfig
-from spikemllm_sj.quantizers import RTN, Hadamard, QuaRot, SmoothQuant
+from spikemllm_sj.quantization.methods import RTN, Hadamard, QuaRot, SmoothQuant
 
 METHODS = {"RTN": RTN(), "SmoothQuant": SmoothQuant(0.5), "Hadamard": Hadamard(), "QuaRot": QuaRot()}
 SCHEDULES = {"T=2": (2, 2), "T=3": (3, 3), "T=4": (4, 4), "T=7": (7, 7), "MSTS 3/4": (3, 4), "MED 3.3": None}  # (Tv, Tt)
@@ -126,9 +126,9 @@ def calibration_batches(model, tokenizer, count: int = 4, size: int = 16, seed: 
 def med_steps(model, batches: list[dict], config: SpikeConfig, calibration) -> tuple[tuple[int, int], dict]:
     """``((Tv, Tt), record)`` the MED scheduler picks for ``config`` at :data:`MED_BUDGET` average
     steps per language-model token, measured on the calibration ``batches`` (never the test split)."""
-    from spikemllm_sj.pipeline import med_schedule
+    from spikemllm_sj.med import scheduled_config
 
-    scheduled, record = med_schedule(model, batches, config, calibration, MED_BUDGET, progress=False)
+    scheduled, record = scheduled_config(model, batches, config, calibration, MED_BUDGET, progress=False)
     steps = record["steps"]
     return (steps["image"], steps["text"]), {"steps": steps, "mean_med": record["mean_med"], "chosen": record["chosen"]}
 
@@ -254,7 +254,7 @@ def render(result: dict, command: str) -> str:
     if med:
         lines += [
             "",
-            f"`MED {MED_BUDGET}` rows: the MED scheduler's choice (`spikemllm_sj.pipeline.med_schedule`) at an average "
+            f"`MED {MED_BUDGET}` rows: the MED scheduler's choice (`spikemllm_sj.med.scheduled_config`) at an average "
             f"of {MED_BUDGET} steps per language-model token, measured on 64 train questions (4 batches of 16, seed 0; "
             "never the test split): MED per layer, then the sensitivity of each modality at T = 2..7, then the best "
             "measured plan by logit cosine to FP32.",

@@ -30,8 +30,7 @@ import torch  # noqa: E402
 
 import spikemllm_sj.lava_backend as lava_backend  # noqa: E402  (before anything from lava)
 from spikemllm_sj.lava_backend import SpikeLinearSpec, run_lava, to_lava  # noqa: E402
-from spikemllm_sj.neurons import TCLIFNode, integrate  # noqa: E402
-from spikemllm_sj.quant import absmax_scale  # noqa: E402
+from spikemllm_sj.neurons import TCLIFNode, absmax_scale, integrate  # noqa: E402
 
 TARGET_S = 30.0
 

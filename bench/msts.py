@@ -9,13 +9,13 @@ Run by hand; writes a Markdown table to ``bench/results/msts.md`` (``--model tin
 
 Two models:
 
-* ``tiny-qwen2-vl``: :func:`spikemllm_sj.tiny.build_tiny_model` with seeded random weights, the
+* ``tiny-qwen2-vl``: :func:`spikemllm_sj.models.tiny.build_tiny_model` with seeded random weights, the
   contrast case (random weights carry no modality structure worth trusting). Calibration: the
   image batches ``tiny_batch(model, 4, seed)`` and video batches ``tiny_video_batch(model, 2,
   seed)`` for seeds ``0..--batches-1``; the table is measured on the same kinds of batches from
   seeds ``1000..``: logit cosine to FP32 and top-1 agreement over real tokens.
 * ``trained-llava``: the LLaVA of the real-weights issue (frozen SmolLM2-135M-Instruct, a trained
-  CLIP tower and projector, :func:`spikemllm_sj.easyvqa_llava.load_easyvqa_llava`). Calibration:
+  CLIP tower and projector, :func:`spikemllm_sj.models.easyvqa_llava.load_easyvqa_llava`). Calibration:
   ``--calibration`` easy-VQA train questions (one per image, seeded); the table adds exact-match
   accuracy of greedy answers on the test split (one seeded question per test image, the fidelity
   benchmark's subset; ``--test-limit`` to shorten). :func:`trained_llava_task` is the hook; it
@@ -56,10 +56,10 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from spikemllm_sj.config import SpikeConfig  # noqa: E402
-from spikemllm_sj.converter import set_mode  # noqa: E402
+from spikemllm_sj.ann2snn.recipe import set_mode  # noqa: E402
 from spikemllm_sj.med import MEDConfig, MEDStudy, analyze, compare  # noqa: E402
-from spikemllm_sj.med.job import tiny_batches  # noqa: E402
-from spikemllm_sj.quantizers import RTN, Hadamard, QuaRot  # noqa: E402
+from spikemllm_sj.commands.med import tiny_batches  # noqa: E402
+from spikemllm_sj.quantization.methods import RTN, Hadamard, QuaRot  # noqa: E402
 
 UNIFORM = (2, 3, 4, 7)
 SPLITS = ((3, 4), (4, 3), (2, 3), (3, 3))
@@ -89,7 +89,7 @@ class Task:
 
 
 def random_task(args) -> Task:
-    from spikemllm_sj.tiny import build_tiny_model
+    from spikemllm_sj.models.tiny import build_tiny_model
 
     model = build_tiny_model("tiny-qwen2-vl", seed=args.seed)
     calib = tiny_batches(model, args.batches, args.seed)
@@ -97,7 +97,7 @@ def random_task(args) -> Task:
     study = analyze(model, calib, spike_config(args), MEDConfig(CANDIDATES, args.groups), holdout=held)
     tokens = ", ".join(f"{m} {n}" for m, n in study.tokens.items())
     description = (
-        f"`spikemllm_sj.tiny.build_tiny_model('tiny-qwen2-vl', seed={args.seed})` (Qwen2-VL: text model hidden 64, "
+        f"`spikemllm_sj.models.tiny.build_tiny_model('tiny-qwen2-vl', seed={args.seed})` (Qwen2-VL: text model hidden 64, "
         f"2 layers, 4 heads; ViT 2 blocks of width 32, patch 4, merge 2; random weights), converted with "
         f"`{spike_config_text(args)}`. Calibration: {len(calib)} batches (seeds {args.seed}..{args.seed + args.batches - 1}: "
         f"`tiny_batch(model, 4, seed)` and `tiny_video_batch(model, 2, seed)`), language-model tokens {tokens}. "
@@ -112,15 +112,15 @@ def trained_llava_task(args) -> Task:
     """HOOK for the trained tiny LLaVA of the real-weights issue (easy-VQA).
 
     Needs ``weights/easyvqa_llava_vision.safetensors`` (+ ``.json``) written by
-    ``bench/train_easyvqa.py``, the SmolLM2 cache of :mod:`spikemllm_sj.real_weights` and the
+    ``bench/train_easyvqa.py``, the SmolLM2 cache of :mod:`spikemllm_sj.models.real_weights` and the
     ``easy-vqa`` package; raises ``FileNotFoundError`` naming what is missing.
     """
     try:
-        from spikemllm_sj import easyvqa as ev
-        from spikemllm_sj.easyvqa_llava import VISION_WEIGHTS, load_easyvqa_llava
+        from spikemllm_sj.data import easyvqa as ev
+        from spikemllm_sj.models.easyvqa_llava import VISION_WEIGHTS, load_easyvqa_llava
     except ImportError as error:
         raise FileNotFoundError(
-            f"the trained-LLaVA path needs spikemllm_sj.easyvqa and spikemllm_sj.easyvqa_llava (real-weights issue): {error}"
+            f"the trained-LLaVA path needs spikemllm_sj.data.easyvqa and spikemllm_sj.models.easyvqa_llava (real-weights issue): {error}"
         ) from None
     weights = Path(args.weights) if args.weights else VISION_WEIGHTS
     if not weights.is_file() or not weights.with_suffix(".json").is_file():

@@ -22,8 +22,7 @@ from pathlib import Path
 import torch
 from spikingjelly.activation_based import functional, neuron
 
-from spikemllm_sj.neurons import BidirectionalRateNode, BinaryRateNode, TCLIFNode
-from spikemllm_sj.quant import IntLevels, absmax_scale, fake_quantize
+from spikemllm_sj.neurons import BidirectionalRateNode, BinaryRateNode, IntLevels, TCLIFNode, absmax_scale, fake_quantize
 
 CHUNK_BYTES = 1 << 30  # spike trains are processed in token chunks of at most 1 GiB
 

@@ -5,7 +5,7 @@
 
 Two phases. First ``--attribute-steps`` steps on the images alone: a training-only linear probe
 (:class:`AttributeHead`) reads shape and colour off the mean image token, with labels that
-:func:`~spikemllm_sj.easyvqa.image_attributes` infers from the answers; no language model runs.
+:func:`~spikemllm_sj.data.easyvqa.image_attributes` infers from the answers; no language model runs.
 Then ``--steps`` steps on the answer loss through the frozen SmolLM2, the attribute loss kept at
 ``--attribute-weight``. Seeded (initialisation, data order), resumable (a checkpoint every
 ``--save-every`` steps; rerun the same command to continue), on ``--device`` (CUDA when present),
@@ -14,11 +14,11 @@ greedy-generation accuracy in FP32 on the fidelity benchmark's test subset (one 
 for each of the first 500 test images) and writes ``weights/easyvqa_llava_vision.safetensors`` + ``.json``.
 
 Why it fits on a 2-core CPU: only the answer depends on the image, and the question comes before the
-image in the prompt (:mod:`spikemllm_sj.easyvqa`), so the frozen language model's keys and values of
+image in the prompt (:mod:`spikemllm_sj.data.easyvqa`), so the frozen language model's keys and values of
 the 107 distinct questions are computed once, without gradients; each step then runs the language
 model forward and backward over the image tokens, the assistant header and the answer only (about
 25 of 40 tokens) under bf16 autocast. The result is the same function the full LLaVA forward
-computes; :func:`~spikemllm_sj.easyvqa.easyvqa_accuracy` scores the model with ``generate``.
+computes; :func:`~spikemllm_sj.data.easyvqa.easyvqa_accuracy` scores the model with ``generate``.
 """
 
 from __future__ import annotations
@@ -38,9 +38,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import DynamicCache
 
-from spikemllm_sj import easyvqa as ev
-from spikemllm_sj.easyvqa_llava import TRAINED_PARTS, VISION, VISION_WEIGHTS, build_llava, load_easyvqa_llava, save_vision
-from spikemllm_sj.real_weights import load_smollm2
+from spikemllm_sj.data import easyvqa as ev
+from spikemllm_sj.models.easyvqa_llava import TRAINED_PARTS, VISION, VISION_WEIGHTS, build_llava, load_easyvqa_llava, save_vision
+from spikemllm_sj.models.real_weights import load_smollm2
 
 TAIL = "<|im_end|>\n<|im_start|>assistant\n"
 
@@ -88,7 +88,7 @@ class AttributeHead(nn.Module):
 
     The answer loss alone reaches the vision tower through 30 frozen layers and taught it colours
     and shapes slowly (72.5% after 600 steps, open questions near chance). Cross-entropy on the
-    attributes that :func:`~spikemllm_sj.easyvqa.image_attributes` reads off the answers makes the
+    attributes that :func:`~spikemllm_sj.data.easyvqa.image_attributes` reads off the answers makes the
     image tokens linearly separable by shape and colour first; the head is not part of the model.
     """
 

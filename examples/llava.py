@@ -12,7 +12,7 @@ LLaVA; llava-hf/llava-1.5-7b-hf is the public checkpoint of this family.
 
 import sys
 
-from spikemllm_sj.example import answer_three_ways, example_parser, print_run
+from spikemllm_sj.commands.example import answer_three_ways, example_parser, print_run
 
 
 def main(argv=None) -> int:

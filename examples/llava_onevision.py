@@ -13,7 +13,7 @@ public 7B checkpoint.
 
 import sys
 
-from spikemllm_sj.example import answer_three_ways, example_parser, print_run
+from spikemllm_sj.commands.example import answer_three_ways, example_parser, print_run
 
 
 def main(argv=None) -> int:

@@ -7,8 +7,7 @@ Run: python examples/neurons_quickstart.py
 import torch
 from spikingjelly.activation_based import functional
 
-from spikemllm_sj.neurons import MSTSConfig, MSTSEncoder, TCLIFNode
-from spikemllm_sj.quant import IntLevels, fake_quantize
+from spikemllm_sj.neurons import IntLevels, MSTSConfig, MSTSEncoder, TCLIFNode, fake_quantize
 
 
 def main():

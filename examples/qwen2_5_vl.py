@@ -11,7 +11,7 @@ covers both, with the image time steps Tv = 3, and the language model gives text
 
 import sys
 
-from spikemllm_sj.example import answer_three_ways, example_parser, print_run
+from spikemllm_sj.commands.example import answer_three_ways, example_parser, print_run
 
 
 def main(argv=None) -> int:

@@ -12,7 +12,7 @@ evaluated Qwen2VL-7B and Qwen2VL-72B.
 
 import sys
 
-from spikemllm_sj.example import answer_three_ways, example_parser, print_run
+from spikemllm_sj.commands.example import answer_three_ways, example_parser, print_run
 
 
 def main(argv=None) -> int:

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from spikemllm_sj.lava_backend.network import LavaNetwork
-from spikemllm_sj.quant import check_finite, quantize
+from spikemllm_sj.neurons import check_finite, quantize
 
 __all__ = ["source_data", "window_outputs"]
 

@@ -1,13 +1,14 @@
 """Converted layers of a spike-driven model on Lava, checked against PyTorch bit for bit.
 
-A :class:`~spikemllm_sj.modules.SpikeLinear` computes ``y = (W @ q) * scale * weight_scale + bias``
+A :class:`~spikemllm_sj.ann2snn.linear.SpikeLinear` computes ``y = (W @ q) * scale * weight_scale + bias``
 for integer weights ``W`` and the integer levels ``q`` of its (per-token scaled, MSTS-coded)
 input. On Lava the work splits as follows:
 
-* **host** (PyTorch, the module's own code path): the layer's input transform (if any), the
-  per-token scales (``_token_scale``: dynamic absmax, or the static calibration) and the levels
-  (``MSTSEncoder.quantize``), identical to the module's; after Lava, the rescaling
-  ``acc * scale * weight_scale + bias`` in the module's exact accumulation dtype.
+* **host** (PyTorch, the module's own code path, :meth:`SpikeLinear.input_levels`): the layer's
+  input transform (if any), the per-token scales (dynamic absmax, or the static calibration) and
+  the levels, identical to the module's; after Lava, the rescaling
+  ``acc * scale * weight_scale + bias`` (:meth:`SpikeLinear.dequantize`) in the module's exact
+  accumulation dtype.
 * **Lava** (:func:`~spikemllm_sj.lava_backend.run_lava`): ``TCLIF`` neurons turn each token's levels
   into the modality's spikes and ``SpikeDense`` integrates ``W @ q`` from them, exactly.
 
@@ -36,17 +37,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn as nn
-
 from lava.proc.io.extractor import Extractor
 from lava.proc.io.source import RingBuffer
 
+from spikemllm_sj.ann2snn.linear import LinearInput, SpikeLinear
 from spikemllm_sj.lava_backend.decoded_op.process import DecodedOp
 from spikemllm_sj.lava_backend.network import PRECISIONS, Precision, to_lava
 from spikemllm_sj.lava_backend.runner import run_lava, simulate
 from spikemllm_sj.lava_backend.spec import SpikeLinearSpec
-from spikemllm_sj.modules import SpikeLinear
 from spikemllm_sj.neurons import Modality
-from spikemllm_sj.spike_ops import exact_dtype
 
 __all__ = [
     "LavaBlockResult",
@@ -116,10 +115,10 @@ def spec_from_spike_linear(module: SpikeLinear, modality: ty.Union[Modality, int
     return SpikeLinearSpec(weight=module.qweight, code=code, scale=1.0, weight_bits=module.weight_levels.bits)
 
 
-def _token_ids(module: SpikeLinear, modality: ModalityArg, shape: tuple[int, int]) -> torch.Tensor:
-    """Modality ids ``[B, L]`` of the tokens ``x3`` ``[B, L, in]``."""
+def _token_ids(modality: ModalityArg, shape: tuple[int, int]) -> ty.Optional[torch.Tensor]:
+    """Modality ids ``[B, L]`` of tokens of ``shape`` (None: ask the layer's own source)."""
     if modality is None:
-        return module.modality(*shape)  # the module's own source (the converted model's current tokens)
+        return None
     if torch.is_tensor(modality):
         if modality.numel() != shape[0] * shape[1] or modality.is_floating_point():
             raise ValueError(
@@ -130,21 +129,13 @@ def _token_ids(module: SpikeLinear, modality: ModalityArg, shape: tuple[int, int
     return torch.full(shape, int(Modality.parse(modality)), dtype=torch.long)
 
 
-def _host_levels(module: SpikeLinear, x: torch.Tensor, modality: ModalityArg):
-    """``SpikeLinear.forward`` up to the integer product: ``(x after transform, x3, ids, levels, scale, dtype)``."""
-    if x.shape[-1] != module.in_features:
-        raise ValueError(f"input has {x.shape[-1]} features, the layer expects {module.in_features}")
-    if module.transform is not None:
-        x = module.transform(x)
-    x3 = x.reshape(-1, x.shape[-2], x.shape[-1]) if x.dim() >= 3 else x.reshape(1, -1, x.shape[-1])
-    ids = _token_ids(module, modality, tuple(x3.shape[:2])).to(x3.device)
-    qmax = max(code.levels.qmax + code.offset for code in module.encoder.config.codes.values())
-    dtype = exact_dtype(float(qmax) * module.weight_levels.qmax * x3.shape[-1], x3.dtype)
-    levels, scale = module.encoder.quantize(x3, ids, module._token_scale(ids, x3.dtype))
-    return x, x3, ids, levels, scale, dtype
+def _host_levels(module: SpikeLinear, x: torch.Tensor, modality: ModalityArg) -> LinearInput:
+    """The layer's own encoding of ``x`` (transform, token scales, levels), as its forward does."""
+    shape = (x.numel() // (x.shape[-2] * x.shape[-1]), x.shape[-2]) if x.dim() >= 3 else (1, x.numel() // x.shape[-1])
+    return module.input_levels(x, _token_ids(modality, shape))
 
 
-def _shared_input_groups(modules: ty.Sequence[SpikeLinear], hosts: list[tuple]) -> list[list[int]]:
+def _shared_input_groups(modules: ty.Sequence[SpikeLinear], hosts: list[LinearInput]) -> list[list[int]]:
     """Indices of the layers grouped by identical Lava input: same codes, weight width, token
     modalities and levels (they can share one ``TCLIF`` and one stacked ``SpikeDense``)."""
     groups: list[list[int]] = []
@@ -154,8 +145,8 @@ def _shared_input_groups(modules: ty.Sequence[SpikeLinear], hosts: list[tuple]) 
             if (
                 mod.encoder.config == first.encoder.config
                 and mod.weight_levels.bits == first.weight_levels.bits
-                and torch.equal(host[2], first_host[2])
-                and torch.equal(host[3], first_host[3])
+                and torch.equal(host.ids, first_host.ids)
+                and torch.equal(host.levels, first_host.levels)
             ):
                 group.append(i)
                 break
@@ -196,7 +187,8 @@ def run_spike_linears(
     groups = _shared_input_groups(modules, hosts)
     result = LavaBlockResult(outputs={})
     for group in groups:
-        _, x3, ids, levels, _, _ = hosts[group[0]]
+        first = hosts[group[0]]
+        x3, ids, levels = first.tokens, first.ids, first.levels
         weight = torch.cat([modules[i].qweight for i in group], dim=0)
         sizes = [modules[i].out_features for i in group]
         acc = torch.zeros(*x3.shape[:2], sum(sizes), dtype=torch.int64)
@@ -216,10 +208,10 @@ def run_spike_linears(
             result.lava_steps += q.shape[0] * spec.code.steps
             result.lava_runs += 1
         for i, part in zip(group, acc.split(sizes, dim=-1)):
-            module, (xt, _, _, _, scale, dtype) = modules[i], hosts[i]
+            module, host = modules[i], hosts[i]
             # SpikeLinear.forward's rescaling, on the exact integer accumulation from Lava.
-            y = module.dequantize(part.to(device=xt.device, dtype=dtype), scale, xt.dtype)
-            result.outputs[names[i]] = y.reshape(*xt.shape[:-1], module.out_features)
+            y = module.dequantize(part.to(device=host.x.device, dtype=host.acc_dtype), host.scale, host.x.dtype)
+            result.outputs[names[i]] = y.reshape(*host.x.shape[:-1], module.out_features)
     result.outputs = {name: result.outputs[name] for name in names}
     return result
 
@@ -255,6 +247,112 @@ def _from_words(words: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.asarray(words).astype(np.int64).astype(np.int32).view(np.float32).copy())
 
 
+@dataclass(frozen=True)
+class _MLP:
+    """A converted gated MLP as its Lava network sees it: the first stage (gate and up, stacked
+    as the rows of one ``DecodedOp`` input), the down projection and the activation."""
+
+    first: tuple[SpikeLinear, SpikeLinear]
+    down: SpikeLinear
+    act_fn: ty.Callable
+    hosts: list[LinearInput]  # gate's and up's encoding of the input
+    groups: list[list[int]]  # which of gate/up share one input network
+
+    @property
+    def inter(self) -> int:
+        return self.first[0].out_features
+
+    @property
+    def rows(self) -> list[slice]:
+        """gate's and up's rows of the ``DecodedOp`` input."""
+        return [slice(0, self.inter), slice(self.inter, 2 * self.inter)]
+
+    def decoded(self, m: int, dtype: torch.dtype) -> ty.Callable:
+        """The ``DecodedOp`` function of tokens of modality ``m``: dequantize gate and up,
+        ``act_fn(gate) * up``, then the down projection's transform, token scale and levels."""
+        first, down, rows = self.first, self.down, self.rows
+        dtypes = [h.acc_dtype for h in self.hosts]
+
+        def decoded(acc: np.ndarray, scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            torch.set_num_threads(1)  # torch in a forked process: no thread pool inherited from the parent
+            acc = torch.from_numpy(np.asarray(acc, dtype=np.int64))
+            gate_y, up_y = (
+                layer.dequantize(acc[rows[j]].to(dtypes[j]), _from_words(scales)[j], dtype) for j, layer in enumerate(first)
+            )
+            h = self.act_fn(gate_y) * up_y
+            if down.transform is not None:
+                h = down.transform(h)
+            levels, scale = down.quantize_tokens(h.reshape(1, 1, -1), torch.full((1, 1), m, dtype=torch.long))
+            return levels.reshape(-1).numpy(), _to_words(scale.reshape(1))
+
+        return decoded
+
+    def sources(self, mask: torch.Tensor, windows: int, steps: int, precision: Precision) -> tuple[list[np.ndarray], np.ndarray]:
+        """Each input group's levels at the first step of a window, and every first-stage layer's
+        token scale at the last step (with its accumulator)."""
+        n_tokens, size = int(mask.sum()), self.hosts[0].tokens.shape[-1]
+        sources = []
+        for group in self.groups:
+            data = np.zeros((size, windows, steps), dtype=np.int32 if precision == "fixed_pt" else np.float64)
+            data[:, :n_tokens, 0] = self.hosts[group[0]].levels[mask].cpu().numpy().T
+            sources.append(data.reshape(size, -1))
+        scale_data = np.zeros((len(self.first), windows, steps), dtype=np.int64)
+        for j, host in enumerate(self.hosts):
+            scale_data[j, :n_tokens, steps - 1] = _to_words(host.scale[mask].reshape(-1))
+        return sources, scale_data.reshape(len(self.first), -1)
+
+    def network(self, op: DecodedOp, sources: list[np.ndarray], code, precision: Precision) -> ty.Any:
+        """Connect the first stage's input networks into ``op`` and ``op`` into the down
+        projection; returns the down projection's output port."""
+        size = self.hosts[0].tokens.shape[-1]
+        for group, data in zip(self.groups, sources):
+            weight = torch.zeros(2 * self.inter, size, dtype=torch.int32)
+            for i in group:
+                weight[self.rows[i]] = self.first[i].qweight.to(torch.int32)
+            spec = SpikeLinearSpec(weight=weight, code=code, scale=1.0, weight_bits=self.first[0].weight_levels.bits)
+            entry, exit_ = to_lava(spec, precision=precision).build()
+            RingBuffer(data=data).s_out.connect(entry)
+            exit_.connect(op.a_in)
+        down_spec = SpikeLinearSpec(weight=self.down.qweight, code=code, scale=1.0, weight_bits=self.down.weight_levels.bits)
+        entry, exit_ = to_lava(down_spec, precision=precision).build()
+        op.a_out.connect(entry)
+        return exit_
+
+
+def _run_mlp_modality(mlp: _MLP, m: int, precision: Precision, result: LavaBlockResult) -> tuple[torch.Tensor, torch.Tensor]:
+    """The MLP on Lava for the tokens of modality ``m``: the down projection's exact integer
+    accumulation ``[n, out]`` and its input's token scales ``[n, 1]``."""
+    modality_m = Modality(m)
+    mask = mlp.hosts[0].ids == m
+    code = mlp.down.encoder.config.code_of(modality_m)
+    if any(layer.encoder.config.code_of(modality_m) != code for layer in mlp.first):
+        raise ValueError(f"gate, up and down must code {modality_m.name.lower()} tokens alike to share the network's windows")
+    n_tokens, steps = int(mask.sum()), code.steps
+    windows = n_tokens + 1  # one window more than tokens to drain the pipeline
+    sources, scale_data = mlp.sources(mask, windows, steps, precision)
+    start = time.perf_counter()
+    op = DecodedOp(fn=mlp.decoded(m, mlp.hosts[0].x.dtype), in_size=2 * mlp.inter, out_size=mlp.inter,
+                   aux_in_size=len(mlp.first), aux_out_size=1, window=steps)
+    RingBuffer(data=scale_data).s_out.connect(op.aux_in)
+    exit_ = mlp.network(op, sources, code, precision)
+    acc_sink = Extractor(shape=(mlp.down.out_features,), buffer_size=windows * steps)
+    scale_sink = Extractor(shape=(1,), buffer_size=windows * steps)
+    exit_.connect(acc_sink.in_port)
+    op.aux_out.connect(scale_sink.in_port)
+    # Token k's down accumulator and scale arrive at the last step of window k + 1.
+    acc, scale = simulate(
+        [acc_sink, scale_sink], precision=precision, num_steps=windows * steps, steps_per_run=windows * steps,
+        keep=lambda step: step >= steps and step % steps == steps - 1,
+    )
+    result.lava_seconds += time.perf_counter() - start
+    name = modality_m.name.lower()
+    result.tokens[name] = n_tokens
+    result.steps[name] = steps
+    result.lava_steps += windows * steps
+    result.lava_runs += 1
+    return torch.from_numpy(acc.astype(np.int64)), _from_words(scale).reshape(-1, 1)
+
+
 def run_mlp(mlp: nn.Module, x: torch.Tensor, modality: ModalityArg = None, *, precision: Precision = "fixed_pt") -> LavaBlockResult:
     r"""A converted Llama/Qwen2-style MLP ``down(act_fn(gate(x)) * up(x))`` as one Lava network per modality::
 
@@ -274,88 +372,15 @@ def run_mlp(mlp: nn.Module, x: torch.Tensor, modality: ModalityArg = None, *, pr
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     x = x.detach()
-    first = [gate, up]
-    hosts = [_host_levels(m, x, modality) for m in first]
-    groups = _shared_input_groups(first, hosts)
-    xt, x3, ids = hosts[0][0], hosts[0][1], hosts[0][2]
-    dtypes = [h[5] for h in hosts]
-    inter = gate.out_features
-    rows = [slice(0, inter), slice(inter, 2 * inter)]  # gate's and up's rows of the DecodedOp input
-    down_dtype = exact_dtype(
-        float(max(c.levels.qmax + c.offset for c in down.encoder.config.codes.values())) * down.weight_levels.qmax * inter,
-        x3.dtype,
-    )
+    hosts = [_host_levels(m, x, modality) for m in (gate, up)]
+    parts = _MLP((gate, up), down, act_fn, hosts, _shared_input_groups([gate, up], hosts))
+    xt, x3, ids = hosts[0].x, hosts[0].tokens, hosts[0].ids
+    down_dtype = down.accumulation_dtype(parts.inter, down.weight_levels.qmax, x3.dtype)
     result = LavaBlockResult(outputs={})
     output = torch.empty(*x3.shape[:2], down.out_features, dtype=x3.dtype)
     for m in sorted(torch.unique(ids).tolist()):
-        modality_m = Modality(m)
-        mask = ids == m
-        code = down.encoder.config.code_of(modality_m)
-        if any(layer.encoder.config.code_of(modality_m) != code for layer in first):
-            raise ValueError(f"gate, up and down must code {modality_m.name.lower()} tokens alike to share the network's windows")
-        n_tokens, steps = int(mask.sum()), code.steps
-
-        def decoded(acc: np.ndarray, scales: np.ndarray, m=m) -> tuple[np.ndarray, np.ndarray]:
-            torch.set_num_threads(1)  # torch in a forked process: no thread pool inherited from the parent
-            acc = torch.from_numpy(np.asarray(acc, dtype=np.int64))
-            gate_y, up_y = (
-                layer.dequantize(acc[rows[j]].to(dtypes[j]), _from_words(scales)[j], x3.dtype)
-                for j, layer in enumerate(first)
-            )
-            h = act_fn(gate_y) * up_y
-            if down.transform is not None:
-                h = down.transform(h)
-            token_ids = torch.full((1, 1), m, dtype=torch.long)
-            levels, scale = down.encoder.quantize(h.reshape(1, 1, -1), token_ids, down._token_scale(token_ids, h.dtype))
-            return levels.reshape(-1).numpy(), _to_words(scale.reshape(1))
-
-        # Sources: each group's levels at the first step of a window, every layer's token scale
-        # at the last step (with its accumulator); one window more than tokens to drain the pipeline.
-        windows = n_tokens + 1
-        sources = []
-        for group in groups:
-            levels = hosts[group[0]][3][mask].cpu()
-            data = np.zeros((x3.shape[-1], windows, steps), dtype=np.int32 if precision == "fixed_pt" else np.float64)
-            data[:, :n_tokens, 0] = levels.numpy().T
-            sources.append(data.reshape(x3.shape[-1], -1))
-        scale_data = np.zeros((len(first), windows, steps), dtype=np.int64)
-        for j, host in enumerate(hosts):
-            scale_data[j, :n_tokens, steps - 1] = _to_words(host[4][mask].reshape(-1))
-
-        start = time.perf_counter()
-        op = DecodedOp(fn=decoded, in_size=2 * inter, out_size=inter, aux_in_size=len(first), aux_out_size=1, window=steps)
-        scale_source = RingBuffer(data=scale_data.reshape(len(first), -1))
-        scale_source.s_out.connect(op.aux_in)
-        for group, data in zip(groups, sources):
-            weight = torch.zeros(2 * inter, x3.shape[-1], dtype=torch.int32)
-            for i in group:
-                weight[rows[i]] = first[i].qweight.to(torch.int32)
-            spec = SpikeLinearSpec(weight=weight, code=code, scale=1.0, weight_bits=gate.weight_levels.bits)
-            entry, exit_ = to_lava(spec, precision=precision).build()
-            source = RingBuffer(data=data)
-            source.s_out.connect(entry)
-            exit_.connect(op.a_in)
-        down_spec = SpikeLinearSpec(weight=down.qweight, code=code, scale=1.0, weight_bits=down.weight_levels.bits)
-        entry, exit_ = to_lava(down_spec, precision=precision).build()
-        op.a_out.connect(entry)
-        acc_sink = Extractor(shape=(down.out_features,), buffer_size=windows * steps)
-        scale_sink = Extractor(shape=(1,), buffer_size=windows * steps)
-        exit_.connect(acc_sink.in_port)
-        op.aux_out.connect(scale_sink.in_port)
-        # Token k's down accumulator and scale arrive at the last step of window k + 1.
-        acc, scale = simulate(
-            [acc_sink, scale_sink], precision=precision, num_steps=windows * steps, steps_per_run=windows * steps,
-            keep=lambda step: step >= steps and step % steps == steps - 1,
-        )
-        result.lava_seconds += time.perf_counter() - start
-        acc = torch.from_numpy(acc.astype(np.int64)).to(down_dtype)
-        scale = _from_words(scale).reshape(-1, 1).to(x3.dtype)
-        output[mask.cpu()] = down.dequantize(acc, scale, x3.dtype)
-        name = modality_m.name.lower()
-        result.tokens[name] = n_tokens
-        result.steps[name] = steps
-        result.lava_steps += windows * steps
-        result.lava_runs += 1
+        acc, scale = _run_mlp_modality(parts, m, precision, result)
+        output[(ids == m).cpu()] = down.dequantize(acc.to(down_dtype), scale.to(x3.dtype), x3.dtype)
     result.outputs = {"output": output.to(xt.device).reshape(*xt.shape[:-1], down.out_features)}
     return result
 

@@ -22,7 +22,7 @@ class SpikeLinearSpec:
     accumulates the integer current ``W @ q`` ``[n_tokens, out]`` from them.
 
     :param weight: integer weights ``[out, in]`` (an integer tensor, or integer-valued floats as
-        :func:`spikemllm_sj.quant.quantize` returns); stored as a CPU ``int32`` copy.
+        :func:`spikemllm_sj.neurons.quantize` returns); stored as a CPU ``int32`` copy.
     :param code: spike code of the input activation.
     :param scale: per-tensor quantization scale of the input activation (> 0).
     :param weight_bits: width of the signed weights: they must lie in

@@ -1,12 +1,24 @@
 """Spiking neurons and encoders of SpikeMLLM, as SpikingJelly classes.
 
-Installed as ``spikemllm_sj.neurons``. The data path: a quantizer's integer levels
-(:mod:`spikemllm_sj.quant`) -> a spike code (:class:`SpikeCode`) -> a neuron that emits it
+Installed as ``spikemllm_sj.neurons``; it imports nothing from the rest of ``spikemllm_sj``, only
+torch and SpikingJelly. The data path: a quantizer's integer levels (:mod:`.levels`, the contract
+every code reproduces) -> a spike code (:class:`SpikeCode`) -> a neuron that emits it
 (:class:`TCLIFNode` and the rate-coding baselines) or the per-modality encoder
 (:class:`MSTSEncoder`) -> decoding (:func:`decode`, :class:`SpikeDecoder`).
 """
 
 from .coding import SCHEMES, Scheme, SpikeCode
+from .levels import (
+    Granularity,
+    IntLevels,
+    absmax_scale,
+    check_finite,
+    check_scale,
+    fake_quantize,
+    quantize,
+    round_half_up,
+    scale_from_absmax,
+)
 from .msts import Modality, MSTSConfig, MSTSEncoder, MSTSSpikes
 from .nodes import (
     BidirectionalRateNode,
@@ -20,6 +32,15 @@ from .nodes import (
 from .stats import SpikeStats, binary_planes, spike_statistics
 
 __all__ = [
+    "IntLevels",
+    "Granularity",
+    "round_half_up",
+    "check_finite",
+    "check_scale",
+    "quantize",
+    "fake_quantize",
+    "absmax_scale",
+    "scale_from_absmax",
     "SCHEMES",
     "Scheme",
     "SpikeCode",

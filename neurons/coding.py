@@ -17,7 +17,7 @@ rate_bidirectional 1      L/2 - 1               -1, 0, 1 ST-BIF (SpikeZIP-TF), S
 Signed binary rate coding carries the offset code ``q + (L/2 - 1)`` in ``[0, L - 2]``; the
 decoder subtracts the offset (a bias of the downstream layer).
 
-INFERENCE (see ../shared/notes/paper.md): the paper gives TC-LIF's step count, T = log2(L) - 1,
+INFERENCE (ours, not the paper's text): the paper gives TC-LIF's step count, T = log2(L) - 1,
 but not its equations. Signed spikes weighted by powers of two, most significant first, are the
 reading that reaches that count for symmetric levels: ``2**T - 1 = L/2 - 1``.
 """
@@ -27,7 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, get_args
 
-from spikemllm_sj.quant import IntLevels
+from .levels import IntLevels
 
 __all__ = ["Scheme", "SCHEMES", "SpikeCode"]
 

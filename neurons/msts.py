@@ -18,9 +18,8 @@ from typing import Mapping, NamedTuple, Optional, Union
 import torch
 from spikingjelly.activation_based import encoding
 
-from spikemllm_sj.quant import IntLevels, absmax_scale, check_finite, check_scale, quantize
-
 from .coding import SCHEMES, Scheme, SpikeCode
+from .levels import IntLevels, absmax_scale, check_finite, check_scale, quantize
 from .nodes import NODE_CLASSES, integrate
 from .stats import SpikeStats, spike_statistics
 

@@ -28,9 +28,8 @@ import torch
 from spikingjelly.activation_based import base, surrogate
 from spikingjelly.activation_based.neuron import BaseNode
 
-from spikemllm_sj.quant import IntLevels, check_finite, check_scale, round_half_up
-
 from .coding import Scheme, SpikeCode
+from .levels import IntLevels, check_finite, check_scale, round_half_up
 from .stats import SpikeStats, spike_statistics
 
 __all__ = [

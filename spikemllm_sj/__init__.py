@@ -13,15 +13,15 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "SpikeConfig": "spikemllm_sj.config",
-    "convert": "spikemllm_sj.converter",
-    "set_mode": "spikemllm_sj.converter",
-    "SpikeMLLMRecipe": "spikemllm_sj.converter",
-    "supported_models": "spikemllm_sj.adapters",
-    "calibrate": "spikemllm_sj.calibration",
-    "Calibration": "spikemllm_sj.calibration",
-    "op_report": "spikemllm_sj.report",
-    "save_spiking": "spikemllm_sj.serialization",
-    "load_spiking": "spikemllm_sj.serialization",
+    "convert": "spikemllm_sj.ann2snn.recipe",
+    "set_mode": "spikemllm_sj.ann2snn.recipe",
+    "SpikeMLLMRecipe": "spikemllm_sj.ann2snn.recipe",
+    "supported_models": "spikemllm_sj.ann2snn.adapters",
+    "calibrate": "spikemllm_sj.ann2snn.calibration",
+    "Calibration": "spikemllm_sj.ann2snn.calibration",
+    "op_report": "spikemllm_sj.analysis.op_report",
+    "save_spiking": "spikemllm_sj.ann2snn.serialization",
+    "load_spiking": "spikemllm_sj.ann2snn.serialization",
 }
 __all__ = ["__version__", *_LAZY]
 

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
-from spikemllm_sj.neurons import MSTSConfig, SpikeCode
-from spikemllm_sj.quant import IntLevels
-from spikemllm_sj.quantizers import METHODS, RTN, Hadamard, QuantMethod, QuaRot, SmoothQuant
+from spikemllm_sj.neurons import IntLevels, MSTSConfig, SpikeCode
+from spikemllm_sj.quantization.methods import METHODS, RTN, QuantMethod, method_from_dict
 
 __all__ = ["SpikeConfig"]
 
@@ -34,12 +32,13 @@ class SpikeConfig:
         ``1 / (2**prob_bits - 1)``, encoded as binary TC-LIF spikes (``prob_bits`` steps).
     :param convert_lm_head: also make the output head spike-driven (default: it stays in the
         model's precision, as do the embeddings).
-    :param method: the ANN quantization method applied at every linear layer
-        (:mod:`spikemllm_sj.quantizers`: ``RTN()``, ``SmoothQuant(alpha)``, ``Hadamard()``).
+    :param method: the ANN quantization method (:mod:`spikemllm_sj.quantization.methods`:
+        ``RTN()``, ``SmoothQuant(alpha)``, ``Hadamard()``, ``QuaRot()``, or any registered
+        :class:`~spikemllm_sj.quantization.methods.QuantMethod`).
     :param weight_method: ``"rtn"`` (round-to-nearest) or ``"gptq"`` (GPTQ error feedback with
-        the input Hessians of :func:`~spikemllm_sj.calibration.calibrate`); per output channel.
+        the input Hessians of :func:`~spikemllm_sj.ann2snn.calibration.calibrate`); per output channel.
     :param act_scales: linear-layer input scales: ``"dynamic"`` (per token, absmax) or
-        ``"static"`` (per tensor and modality, from :func:`~spikemllm_sj.calibration.calibrate`).
+        ``"static"`` (per tensor and modality, from :func:`~spikemllm_sj.ann2snn.calibration.calibrate`).
         Attention operands always use dynamic scales.
     """
 
@@ -60,22 +59,16 @@ class SpikeConfig:
         _check_bits("prob_bits", self.prob_bits, 1, 16)
         if not isinstance(self.convert_lm_head, bool):
             raise TypeError("convert_lm_head must be a bool")
-        if not isinstance(self.method, METHODS):
-            raise TypeError(f"method must be RTN(), SmoothQuant(alpha), Hadamard() or QuaRot(), got {self.method!r}")
+        if not isinstance(self.method, QuantMethod):
+            raise TypeError(
+                f"method must be an instance of a registered QuantMethod ({', '.join(f'{n}()' for n in METHODS)}), "
+                f"got {self.method!r}"
+            )
         if self.act_scales not in ("dynamic", "static"):
             raise ValueError(f"act_scales must be 'dynamic' or 'static', got {self.act_scales!r}")
         if self.weight_method not in ("rtn", "gptq"):
             raise ValueError(f"weight_method must be 'rtn' or 'gptq', got {self.weight_method!r}")
-        if self.act_scales == "static" and isinstance(self.method, (Hadamard, QuaRot)):
-            raise ValueError(
-                f"act_scales='static' is not supported with {type(self.method).__name__}(): a rotation mixes "
-                "channels, so the calibrated per-channel ranges do not bound the rotated input; use act_scales='dynamic'"
-            )
-        if self.weight_method == "gptq" and isinstance(self.method, QuaRot):
-            raise ValueError(
-                "weight_method='gptq' is not supported with QuaRot(): the calibration's Hessians are those "
-                "of the unrotated model"
-            )
+        self.method.validate(self)
 
     def to_dict(self) -> dict:
         """JSON-ready form; :meth:`from_dict` inverts it."""
@@ -91,7 +84,7 @@ class SpikeConfig:
             "convert_lm_head": self.convert_lm_head,
             "act_scales": self.act_scales,
             "weight_method": self.weight_method,
-            "method": {"name": type(self.method).__name__, **dataclasses.asdict(self.method)},
+            "method": self.method.to_dict(),
         }
 
     @classmethod
@@ -101,18 +94,15 @@ class SpikeConfig:
             msts = MSTSConfig(**data.pop("msts"))
         except KeyError:
             raise ValueError("a SpikeConfig dict needs an 'msts' entry") from None
-        method = dict(data.pop("method", {"name": "RTN"}))
-        methods = {m.__name__: m for m in METHODS}
-        name = method.pop("name")
-        if name not in methods:
-            raise ValueError(f"unknown method {name!r}; known: {sorted(methods)}")
-        return cls(msts=msts, method=methods[name](**method), **data)
+        method = method_from_dict(data.pop("method", RTN().to_dict()))
+        return cls(msts=msts, method=method, **data)
 
     @property
     def needs_calibration(self) -> bool:
-        """Whether ``convert`` needs a :class:`~spikemllm_sj.calibration.Calibration` for this
-        configuration: static scales, SmoothQuant's migration scales and GPTQ's Hessians."""
-        return self.act_scales == "static" or isinstance(self.method, SmoothQuant) or self.weight_method == "gptq"
+        """Whether ``convert`` needs a :class:`~spikemllm_sj.ann2snn.calibration.Calibration` for this
+        configuration: static scales, GPTQ's Hessians, and methods that need one (SmoothQuant's
+        migration scales)."""
+        return self.act_scales == "static" or self.weight_method == "gptq" or self.method.needs_calibration
 
     @property
     def weight_levels(self) -> IntLevels:

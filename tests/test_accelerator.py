@@ -1,23 +1,16 @@
 """Accelerator cost model: parameters, workloads recovered from op reports, cost formulas, the paper preset."""
 
-import math
 
 import pytest
-import torch
 
-from spikemllm_sj import accelerator as acc
-from spikemllm_sj import convert
-from spikemllm_sj.modules import SpikeLinear
-from spikemllm_sj.report import op_report
-from spikemllm_sj.tiny import build_tiny_model, tiny_batch
+from spikemllm_sj.analysis import accelerator as acc
+from spikemllm_sj.analysis.op_report import op_report
+from spikemllm_sj.ann2snn.linear import SpikeLinear
 
 
 @pytest.fixture(scope="module")
-def measured():
-    model = build_tiny_model("tiny-qwen2-vl")
-    batch = tiny_batch(model, batch_size=2)
-    with torch.no_grad():
-        convert(model)
+def measured(converted_qwen2_vl):
+    model, batch = converted_qwen2_vl.model, converted_qwen2_vl.batch
     return model, op_report(model, **batch)
 
 

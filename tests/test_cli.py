@@ -2,7 +2,7 @@ import json
 import runpy
 from pathlib import Path
 
-from spikemllm_sj.cli import main
+from spikemllm_sj.commands.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 

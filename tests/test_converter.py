@@ -4,21 +4,11 @@ import torch.nn as nn
 from reference import reference_levels
 
 from spikemllm_sj import SpikeConfig, convert, set_mode, supported_models
-from spikemllm_sj.converter import spike_state
-from spikemllm_sj.modules import FixedModality, SpikeLinear
-from spikemllm_sj.neurons import Modality, MSTSConfig, MSTSSpikes
-from spikemllm_sj.quant import IntLevels
-from spikemllm_sj.tiny import TINY_MODELS, build_tiny_model, tiny_batch, visual_token_ids
-
-
-@pytest.fixture(scope="module", params=TINY_MODELS)
-def converted(request):
-    """(name, fp32 logits, converted model, batch) for each tiny family."""
-    model = build_tiny_model(request.param)
-    batch = tiny_batch(model, batch_size=2, padding=True)
-    with torch.no_grad():
-        fp32 = model(**batch).logits
-    return request.param, fp32, convert(model, SpikeConfig()), batch
+from spikemllm_sj.ann2snn.linear import SpikeLinear
+from spikemllm_sj.ann2snn.modalities import FixedModality
+from spikemllm_sj.ann2snn.recipe import spike_state
+from spikemllm_sj.models.tiny import build_tiny_model, tiny_batch, visual_token_ids
+from spikemllm_sj.neurons import IntLevels, Modality, MSTSConfig, MSTSSpikes
 
 
 def logits(model, batch, mode):
@@ -30,8 +20,8 @@ def logits(model, batch, mode):
         set_mode(model, "spike")
 
 
-def test_spiking_model_equals_its_fake_quant_twin(converted):
-    name, fp32, snn, batch = converted
+def test_spiking_model_equals_its_fake_quant_twin(converted_family):
+    name, snn, batch, fp32 = converted_family
     spike = logits(snn, batch, "spike")
     assert spike.shape == fp32.shape and torch.isfinite(spike).all()
     # Integer accumulations are exact in both modes and rescaled by the same code: bit for bit.
@@ -41,8 +31,8 @@ def test_spiking_model_equals_its_fake_quant_twin(converted):
     print(f"{name}: logit cosine to FP32 {cos:.4f}")
 
 
-def test_every_linear_of_vision_projector_and_language_model_is_spike_driven(converted):
-    name, _, snn, _ = converted
+def test_every_linear_of_vision_projector_and_language_model_is_spike_driven(converted_family):
+    name, snn, _, _ = converted_family
     state = spike_state(snn)
     for path in (state.adapter.vision, state.adapter.projector, state.adapter.language_model):
         if path is None:
@@ -54,8 +44,8 @@ def test_every_linear_of_vision_projector_and_language_model_is_spike_driven(con
     assert attention, f"{name}: no attention module was given spike-driven matmuls"
 
 
-def test_tokens_get_their_modalitys_steps(converted):
-    name, _, snn, batch = converted
+def test_tokens_get_their_modalitys_steps(converted_family):
+    name, snn, batch, _ = converted_family
     state = spike_state(snn)
     lm_site = next(m for m in snn.get_submodule(state.adapter.language_model).modules() if isinstance(m, SpikeLinear))
     vision_site = next(m for m in snn.get_submodule(state.adapter.vision).modules() if isinstance(m, SpikeLinear))
@@ -78,8 +68,8 @@ def test_tokens_get_their_modalitys_steps(converted):
     assert (seen["vision"].steps == 3).all()
 
 
-def test_generate_with_kv_cache_matches_the_twin(converted):
-    name, _, snn, batch = converted
+def test_generate_with_kv_cache_matches_the_twin(converted_family):
+    name, snn, batch, _ = converted_family
     outputs = {}
     for mode in ("spike", "fake_quant"):
         set_mode(snn, mode)
@@ -165,7 +155,7 @@ def test_image_tokens_without_pixel_values_are_refused():
 
 @pytest.mark.parametrize("name", ["tiny-qwen2-vl", "tiny-qwen2.5-vl"])
 def test_video_tokens_are_a_third_modality(name):
-    from spikemllm_sj.tiny import tiny_video_batch
+    from spikemllm_sj.models.tiny import tiny_video_batch
 
     config = SpikeConfig(msts=MSTSConfig(steps={"text": 4, "image": 3, "video": 2}))
     snn = convert(build_tiny_model(name), config)

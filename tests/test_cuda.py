@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from spikemllm_sj import SpikeConfig, calibrate, convert, set_mode
-from spikemllm_sj.quantizers import RTN, Hadamard, QuaRot, SmoothQuant
-from spikemllm_sj.tiny import TINY_MODELS, build_tiny_model, tiny_batch
+from spikemllm_sj.models.tiny import TINY_MODELS, build_tiny_model, tiny_batch
+from spikemllm_sj.quantization.methods import RTN, Hadamard, QuaRot, SmoothQuant
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -3,10 +3,11 @@ from pathlib import Path
 
 import pytest
 
-from spikemllm_sj.cli import main
+from spikemllm_sj.commands.cli import main
+from spikemllm_sj.commands.common import SAMPLE_DATA
+from spikemllm_sj.commands.evaluate import evaluate
 from spikemllm_sj.config import SpikeConfig
-from spikemllm_sj.eval import evaluate, is_correct, normalize_answer, read_records
-from spikemllm_sj.pipeline import SAMPLE_DATA
+from spikemllm_sj.data.records import is_correct, normalize_answer, read_records
 
 SAMPLE_LINES = SAMPLE_DATA.read_text().splitlines()
 
@@ -70,13 +71,13 @@ def test_sample_evaluation_counts_and_exactness():
     assert len(result.records) == len(SAMPLE_LINES) and not result.problems
     for r in result.records:
         assert r.tokens["spike"] == r.tokens["fake_quant"] and r.predictions["spike"] == r.predictions["fake_quant"]
-        assert len(r.tokens["ann"]) == 3
+        assert len(r.tokens["float"]) == 3
         assert r.correct == {m: is_correct(r.predictions[m], r.answers) for m in r.correct}
     assert result.spike_equals_twin
     summary = result.as_dict()
-    for mode in ("ann", "fake_quant", "spike"):
+    for mode in ("float", "fake_quant", "spike"):
         assert summary["accuracy"][mode] == sum(r.correct[mode] for r in result.records) / len(result.records)
-    assert summary["gap_points"] == pytest.approx(100 * (summary["accuracy"]["ann"] - summary["accuracy"]["spike"]))
+    assert summary["gap_points"] == pytest.approx(100 * (summary["accuracy"]["float"] - summary["accuracy"]["spike"]))
     assert summary["accuracy"]["fake_quant"] == summary["accuracy"]["spike"]
     assert "fake-quant ANN" in result.format_table()
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from spikemllm_sj import SpikeConfig, calibrate, convert
-from spikemllm_sj.cli import main
+from spikemllm_sj.commands.cli import main
 from spikemllm_sj.lava_backend import (
     DecodedOp,
     capture_input,
@@ -23,24 +23,22 @@ from spikemllm_sj.lava_backend import (
     simulate,
     spec_from_spike_linear,
 )
-from spikemllm_sj.modules import SpikeLinear
+from spikemllm_sj.models.tiny import build_tiny_model, tiny_batch
 from spikemllm_sj.neurons import Modality
-from spikemllm_sj.quantizers import SmoothQuant
-from spikemllm_sj.tiny import build_tiny_model, tiny_batch
+from spikemllm_sj.quantization.methods import SmoothQuant
 
+# isort: split
 from lava.proc.io.extractor import Extractor  # noqa: E402  (after spikemllm_sj.lava_backend's fixes)
 from lava.proc.io.source import RingBuffer  # noqa: E402
+
+pytestmark = pytest.mark.lava
 
 LAYER0 = "model.language_model.layers.0"
 
 
 @pytest.fixture(scope="module")
-def converted():
-    model = build_tiny_model("tiny-qwen2-vl")
-    batch = tiny_batch(model, batch_size=2)
-    with torch.no_grad():
-        convert(model)
-    return model, batch
+def converted(converted_qwen2_vl):
+    return converted_qwen2_vl.model, converted_qwen2_vl.batch
 
 
 def captured_input(model, batch, path):

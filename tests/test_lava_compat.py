@@ -18,6 +18,8 @@ import pytest
 import spikemllm_sj.lava_backend as lava_backend
 from spikemllm_sj.lava_backend._compat import LavaCompatError, rewrite_source
 
+pytestmark = pytest.mark.lava
+
 requires_lava = pytest.mark.skipif(
     importlib.util.find_spec("lava") is None, reason="lava-nc (the [lava] extra) is not installed"
 )
@@ -137,6 +139,7 @@ class CoreEncoder:
 _FAKE_LAVA_MP = """
 import multiprocessing as mp
 import platform
+
 if platform.system() != 'Windows':
     mp.set_start_method('fork')
 """

@@ -15,8 +15,9 @@ from spikemllm_sj.lava_backend import (
     run_lava,
     to_lava,
 )
-from spikemllm_sj.neurons import SpikeCode, TCLIFNode
-from spikemllm_sj.quant import IntLevels
+from spikemllm_sj.neurons import IntLevels, SpikeCode, TCLIFNode
+
+pytestmark = pytest.mark.lava
 
 TC_LIF_16 = SpikeCode("tc_lif", IntLevels(16))
 

@@ -2,7 +2,7 @@
 
 Each test runs a small network on Lava's CPU simulator: a few tokens streamed back to back, one
 per window of T steps. References: ``SpikeCodingNode.encode`` for spikes, and an int64 numpy
-matmul of ``spikemllm_sj.quant.quantize``'s levels for the spike-driven layer.
+matmul of ``spikemllm_sj.neurons.quantize``'s levels for the spike-driven layer.
 """
 
 import numpy as np
@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from spikemllm_sj.lava_backend import SpikeLinearSpec, run_lava, to_lava
-from spikemllm_sj.neurons import BidirectionalRateNode, BinaryRateNode, SpikeCode, TCLIFNode
-from spikemllm_sj.quant import IntLevels, quantize
+from spikemllm_sj.neurons import BidirectionalRateNode, BinaryRateNode, IntLevels, SpikeCode, TCLIFNode, quantize
+
+pytestmark = pytest.mark.lava
 
 PRECISIONS = ["floating_pt", "fixed_pt"]
 SCALE = 0.25  # a power of two: float64 activations hit the rounding ties exactly

@@ -9,10 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
-from spikemllm_sj import lmms_eval_adapter as adapter
-from spikemllm_sj.converter import convert
-from spikemllm_sj.models import decode, encode, generate_tokens, load_model
-from spikemllm_sj.pipeline import EXAMPLE_IMAGE
+from spikemllm_sj.ann2snn.recipe import convert
+from spikemllm_sj.commands.common import EXAMPLE_IMAGE
+from spikemllm_sj.integrations import lmms_eval as adapter
+from spikemllm_sj.models.inputs import decode, encode, generate_tokens
+from spikemllm_sj.models.loading import load_model
 
 FAKE_LMMS_EVAL = {
     "__init__.py": "",
@@ -123,7 +124,7 @@ def test_setup_cfg_declares_the_entry_point():
 
     cfg = ConfigParser()
     cfg.read(Path(__file__).resolve().parents[1] / "setup.cfg")
-    assert "spikemllm = spikemllm_sj.lmms_eval_adapter:model_manifest" in cfg["options.entry_points"]["lmms_eval.models"]
+    assert "spikemllm = spikemllm_sj.integrations.lmms_eval:model_manifest" in cfg["options.entry_points"]["lmms_eval.models"]
 
 
 def test_generate_until_is_the_spiking_model_and_equals_its_twin(lmms_eval, image):

@@ -7,8 +7,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from spikemllm_sj import SpikeConfig, calibrate, convert, op_report
-from spikemllm_sj.cli import main
-from spikemllm_sj.converter import spike_state
+from spikemllm_sj.ann2snn.recipe import spike_state
+from spikemllm_sj.ann2snn.serialization import load_spiking, save_spiking
+from spikemllm_sj.ann2snn.sites import MSTSSite
+from spikemllm_sj.commands.cli import main
 from spikemllm_sj.med import (
     ALL,
     VISION,
@@ -22,22 +24,14 @@ from spikemllm_sj.med import (
     set_msts,
     steps_applied,
 )
-from spikemllm_sj.med.probe import check_modalities
-from spikemllm_sj.modules import _MSTSSite
+from spikemllm_sj.med.measure import check_modalities
+from spikemllm_sj.models.tiny import build_tiny_model, tiny_batch, tiny_video_batch
 from spikemllm_sj.neurons import MSTSConfig
-from spikemllm_sj.serialization import load_spiking, save_spiking
-from spikemllm_sj.tiny import build_tiny_model, tiny_batch, tiny_video_batch
 
 CANDIDATES = (2, 3, 4, 5, 6, 7)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # The sweeps run many small forwards, which a second intra-op thread slows down on a shared CPU.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # the sweeps run many small forwards
 
 
 def logits(model, batch):
@@ -71,7 +65,7 @@ def test_steps_applied_sets_each_sections_steps_and_restores_them():
     assert list(sections.sites) == [VISION, "layer 0", "layer 1"]
     assert dict(sections.layers) == {VISION: 0, "layer 0": 1, "layer 1": 1}
     modules = dict(model.named_modules())
-    assert {p for s in sections.sites.values() for p in s} == {n for n, m in modules.items() if isinstance(m, _MSTSSite)}
+    assert {p for s in sections.sites.values() for p in s} == {n for n, m in modules.items() if isinstance(m, MSTSSite)}
     plan = {VISION: {"image": 5}, "layer 0": {"text": 2, "image": 6}, "layer 1": {"text": 7, "image": 2}}
     with steps_applied(model, plan, sections):
         for section, paths in sections.sites.items():
@@ -327,6 +321,7 @@ def test_analyze_bad_input():
         analyze(converted, [tiny_batch(model, 1)], progress=False)
 
 
+@pytest.mark.slow
 def test_cli_writes_json_report_and_plots(tmp_path, capsys):
     args = ["med", "--out", str(tmp_path), "--candidates", "2", "3", "--batches", "1", "--holdout", "1", "--budgets", "2.5"]
     assert main(args) == 0

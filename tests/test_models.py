@@ -2,9 +2,18 @@ import pytest
 import torch
 from PIL import Image
 
-from spikemllm_sj.compare import run_modes
-from spikemllm_sj.models import ModelLoadError, decode, encode, generate_tokens, load_model, tokenize
-from spikemllm_sj.tiny import TINY_MODELS, build_tiny_model, tiny_batch, tiny_image_batch, tiny_pixels, tiny_spec, visual_token_ids
+from spikemllm_sj.analysis.fidelity import convert_and_compare
+from spikemllm_sj.models.inputs import decode, encode, generate_tokens, tokenize
+from spikemllm_sj.models.loading import ModelLoadError, load_model
+from spikemllm_sj.models.tiny import (
+    TINY_MODELS,
+    build_tiny_model,
+    tiny_batch,
+    tiny_image_batch,
+    tiny_pixels,
+    tiny_spec,
+    visual_token_ids,
+)
 
 
 def red_square(size=(40, 30)) -> Image.Image:
@@ -82,7 +91,7 @@ def test_local_checkpoint_loads_with_its_processor_and_converts(llava_folder):
     image_id = visual_token_ids(model)["image"]
     assert ((batch["input_ids"] == image_id).sum(-1) == 16).all()  # (32 / 8)^2 patches, CLS dropped
     assert batch["attention_mask"][1, 0] == 0 and batch["attention_mask"][:, -1].all()  # the shorter row is left-padded
-    (run,) = run_modes(model, [batch], new_tokens=3, progress=False)
+    (run,) = convert_and_compare(model, [batch], new_tokens=3, progress=False)
     assert run.spike_equals_twin()
     assert len(decode(processor, run.spike.tokens)) == 2
 

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from reference import LEVELS, boundary_values, qrange, reference_fake_quant, reference_levels
+from reference import LEVELS, boundary_values, reference_fake_quant, reference_levels
 from spikingjelly.activation_based import functional, surrogate
 from spikingjelly.activation_based.neuron import BaseNode
 from spikingjelly.activation_based.op_counter import DispatchCounterMode, SynOpCounter
@@ -14,13 +14,13 @@ from spikingjelly.activation_based.op_counter import DispatchCounterMode, SynOpC
 from spikemllm_sj.neurons import (
     BidirectionalRateNode,
     BinaryRateNode,
+    IntLevels,
     SpikeCode,
     SpikeDecoder,
     TCLIFNode,
     binary_planes,
     decode,
 )
-from spikemllm_sj.quant import IntLevels
 
 # (node factory, scheme, signed); bidirectional rate coding is signed by definition.
 CODERS = [

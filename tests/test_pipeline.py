@@ -5,25 +5,27 @@ import pytest
 import torch
 from PIL import Image
 
-from spikemllm_sj.cli import main
+from spikemllm_sj.analysis.activity import layer_group, record_activity
+from spikemllm_sj.analysis.op_report import op_report
+from spikemllm_sj.ann2snn.recipe import convert
+from spikemllm_sj.ann2snn.serialization import load_spiking
+from spikemllm_sj.commands.cli import main
+from spikemllm_sj.commands.common import EXAMPLE_IMAGE, QUESTIONS
+from spikemllm_sj.commands.convert import run_convert
+from spikemllm_sj.commands.report import render_report
 from spikemllm_sj.config import SpikeConfig
-from spikemllm_sj.converter import convert
-from spikemllm_sj.models import encode
-from spikemllm_sj.pipeline import EXAMPLE_IMAGE, QUESTIONS, run_pipeline
-from spikemllm_sj.probe import layer_group, record_activity
-from spikemllm_sj.report import op_report
-from spikemllm_sj.run_report import render_report
-from spikemllm_sj.serialization import load_spiking
-from spikemllm_sj.tiny import build_tiny_model, tiny_batch
+from spikemllm_sj.models.inputs import encode
+from spikemllm_sj.models.tiny import build_tiny_model, tiny_batch
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     """The default job (static scales, Lava on the first decoder MLP) on tiny-qwen2-vl."""
     out = tmp_path_factory.mktemp("run")
-    return out, run_pipeline("tiny-qwen2-vl", out, new_tokens=3, progress=False)
+    return out, run_convert("tiny-qwen2-vl", out, new_tokens=3, progress=False)
 
 
+@pytest.mark.slow
 def test_pipeline_writes_a_consistent_run(run_dir):
     out, run = run_dir
     assert json.loads((out / "run.json").read_text()) == run
@@ -35,7 +37,7 @@ def test_pipeline_writes_a_consistent_run(run_dir):
     assert med["chosen"]["measured_fidelity"] is not None and med["candidates_measured"] >= 1
     assert run["ops"]["steps_per_token"] == {m: float(med["steps"][m]) for m in ("image", "text")}
     assert [g["question"] for g in run["generation"]] == list(QUESTIONS)
-    assert all(g["tokens"]["spike"] == g["tokens"]["fake_quant"] and len(g["tokens"]["ann"]) == 3 for g in run["generation"])
+    assert all(g["tokens"]["spike"] == g["tokens"]["fake_quant"] and len(g["tokens"]["float"]) == 3 for g in run["generation"])
     assert run["lava"]["layer"] == "model.language_model.layers.0.mlp" and run["lava"]["exact"]
     report = json.loads((out / "op_report.json").read_text())
     assert report["total"]["spikes"] == run["ops"]["spikes"]
@@ -47,6 +49,7 @@ def test_pipeline_writes_a_consistent_run(run_dir):
     assert energy["comparison"]["total"]["ratios"]["throughput_ratio"] > 0
 
 
+@pytest.mark.slow
 def test_report_links_existing_plots_and_rerenders_identically(run_dir):
     out, run = run_dir
     text = (out / "report.md").read_text()
@@ -77,6 +80,7 @@ def test_report_needs_a_run_folder(tmp_path, capsys):
         render_report(tmp_path)
 
 
+@pytest.mark.slow
 def test_cli_convert_json_without_lava_or_saving(tmp_path, capsys):
     out = tmp_path / "llava"
     code = main(["convert", "--model", "tiny-llava", "--out", str(out), "--act-scales", "dynamic", "--lava-layer", "none",

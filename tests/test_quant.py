@@ -2,7 +2,7 @@ import pytest
 import torch
 from reference import reference_fake_quant, reference_levels
 
-from spikemllm_sj.quant import IntLevels, absmax_scale, fake_quantize, quantize
+from spikemllm_sj.neurons import IntLevels, absmax_scale, fake_quantize, quantize
 
 
 def test_levels_ranges():

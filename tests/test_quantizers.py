@@ -3,11 +3,12 @@ import torch
 import torch.nn as nn
 
 from spikemllm_sj import SpikeConfig, calibrate, convert, set_mode
-from spikemllm_sj.modules import FixedModality, SpikeLinear
-from spikemllm_sj.neurons import Modality, MSTSConfig
-from spikemllm_sj.quant import IntLevels
-from spikemllm_sj.quantizers import RTN, Hadamard, SmoothQuant, hadamard_matrix, prepare_linear
-from spikemllm_sj.tiny import build_tiny_model, tiny_batch
+from spikemllm_sj.ann2snn.linear import SpikeLinear
+from spikemllm_sj.ann2snn.modalities import FixedModality
+from spikemllm_sj.models.tiny import build_tiny_model, tiny_batch
+from spikemllm_sj.neurons import IntLevels, Modality, MSTSConfig
+from spikemllm_sj.quantization.hadamard import hadamard_matrix
+from spikemllm_sj.quantization.methods import RTN, Hadamard, SmoothQuant
 
 
 @pytest.mark.parametrize("n", [1, 8, 24, 64, 96])
@@ -29,7 +30,7 @@ def outlier_layer(seed=0):
 def test_transforms_preserve_the_float_product(method):
     linear, x = outlier_layer()
     w = linear.weight.detach()
-    w2, transform = prepare_linear(method, w, x.abs().reshape(-1, 64).amax(0))
+    w2, transform = method.prepare_linear(w, x.abs().reshape(-1, 64).amax(0))
     x2 = x if transform is None else transform(x)
     torch.testing.assert_close(x2 @ w2.T, x @ w.T, rtol=1e-4, atol=1e-3)
 
@@ -89,8 +90,8 @@ def test_method_survives_the_config_dict():
 
 @pytest.mark.parametrize("name", ["tiny-qwen2-vl", "tiny-internvl", "tiny-llava-onevision"])
 def test_quarot_residual_rotation_keeps_the_function(name):
-    from spikemllm_sj.adapters import adapter_for
-    from spikemllm_sj.rotation import rotate_residual_stream
+    from spikemllm_sj.ann2snn.adapters import adapter_for
+    from spikemllm_sj.quantization.rotation import rotate_residual_stream
 
     model = build_tiny_model(name, dtype=torch.float64)
     batch = tiny_batch(model, batch_size=2)
@@ -105,7 +106,7 @@ def test_quarot_residual_rotation_keeps_the_function(name):
 
 
 def test_quarot_conversion_is_exact_and_rotates_only_the_down_projection_online():
-    from spikemllm_sj.quantizers import QuaRot
+    from spikemllm_sj.quantization.methods import QuaRot
 
     model = build_tiny_model("tiny-qwen2-vl")
     batch = tiny_batch(model, batch_size=2)
@@ -119,7 +120,7 @@ def test_quarot_conversion_is_exact_and_rotates_only_the_down_projection_online(
 
 
 def test_quarot_configuration_limits():
-    from spikemllm_sj.quantizers import QuaRot
+    from spikemllm_sj.quantization.methods import QuaRot
 
     with pytest.raises(ValueError, match="not supported with QuaRot"):
         SpikeConfig(method=QuaRot(), act_scales="static")

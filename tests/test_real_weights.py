@@ -12,11 +12,10 @@ import pytest
 import torch
 
 from spikemllm_sj import SpikeConfig, convert, set_mode
-from spikemllm_sj import easyvqa as ev
-from spikemllm_sj import real_weights as rw
-from spikemllm_sj.easyvqa_llava import (
+from spikemllm_sj.data import easyvqa as ev
+from spikemllm_sj.models import real_weights as rw
+from spikemllm_sj.models.easyvqa_llava import (
     VISION,
-    VISION_WEIGHTS,
     build_llava,
     image_token_count,
     load_easyvqa_llava,
@@ -79,6 +78,7 @@ def test_split():
     return ev.load_split("test")
 
 
+@pytest.mark.weights
 def test_the_test_split_has_its_images_and_questions(test_split):
     assert test_split.images.shape == (1000, 3, 64, 64) and test_split.images.dtype == torch.uint8
     assert len(test_split.records) == 9673
@@ -87,6 +87,7 @@ def test_the_test_split_has_its_images_and_questions(test_split):
     assert pixels.dtype == torch.float32 and pixels.min() >= -1 and pixels.max() <= 1
 
 
+@pytest.mark.weights
 def test_the_benchmark_subset_is_one_seeded_question_per_image(test_split):
     records = ev.one_question_per_image(test_split, seed=0)
     assert [r.image_id for r in records] == list(range(1000))
@@ -95,6 +96,7 @@ def test_the_benchmark_subset_is_one_seeded_question_per_image(test_split):
     assert ev.one_question_per_image(test_split, seed=0, limit=10) == records[:10]
 
 
+@pytest.mark.weights
 def test_image_attributes_agree_with_every_answer_of_their_image(test_split):
     shape, colour, colours = ev.image_attributes(test_split)
     assert set(colours) == set(ev.answers()) - set(ev.SHAPES) - {"yes", "no"} and len(colours) == 8
@@ -116,6 +118,7 @@ def test_image_attributes_agree_with_every_answer_of_their_image(test_split):
     assert checked > 8000
 
 
+@pytest.mark.weights
 @needs_easy_vqa
 def test_an_unknown_split_is_refused():
     with pytest.raises(ValueError, match="split must be one of"):
@@ -147,6 +150,8 @@ def smollm2_cache():
         return rw.build_cache()
 
 
+@pytest.mark.slow
+@pytest.mark.weights
 def test_smollm2_answers_a_plain_question(smollm2_cache):
     model, tokenizer = rw.load_smollm2()
     assert model.config.num_hidden_layers == 30 and model.config.hidden_size == 576
@@ -166,6 +171,8 @@ def fresh_llava(smollm2_cache):
     return build_llava(lm, tokenizer, seed=1), tokenizer
 
 
+@pytest.mark.slow
+@pytest.mark.weights
 def test_vision_weights_round_trip_and_corruption_is_refused(fresh_llava, tmp_path):
     model, _ = fresh_llava
     path = save_vision(model, tmp_path / "vision.safetensors", {"vision": VISION})
@@ -180,6 +187,8 @@ def test_vision_weights_round_trip_and_corruption_is_refused(fresh_llava, tmp_pa
         load_easyvqa_llava(path)
 
 
+@pytest.mark.slow
+@pytest.mark.weights
 def test_the_spiking_llava_equals_its_fake_quant_twin_on_real_weights(fresh_llava, test_split):
     model, tokenizer = fresh_llava
     assert model.config.image_seq_length == image_token_count() == 16
@@ -196,6 +205,8 @@ def test_the_spiking_llava_equals_its_fake_quant_twin_on_real_weights(fresh_llav
     assert ev.easyvqa_accuracy(snn, tokenizer, test_split, records).answers == fake_answers
 
 
+@pytest.mark.slow
+@pytest.mark.weights
 def test_the_shipped_llava_reproduces_its_recorded_accuracy(smollm2_cache, test_split):
     """The shipped weights are the trained ones: on this CPU they answer the recorded subset exactly as
     recorded (the 500-question figure was measured on the training GPU; see the JSON)."""

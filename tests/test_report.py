@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from spikemllm_sj import convert
-from spikemllm_sj.modules import SpikeLinear
-from spikemllm_sj.report import op_report
-from spikemllm_sj.tiny import build_tiny_model, tiny_batch
+from spikemllm_sj.analysis.op_report import op_report
+from spikemllm_sj.ann2snn.linear import SpikeLinear
+from spikemllm_sj.models.tiny import build_tiny_model, tiny_batch
 
 
 @pytest.fixture(scope="module", params=["tiny-llava", "tiny-qwen2-vl"])

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from spikemllm_sj import SpikeConfig, convert
+from spikemllm_sj.ann2snn.serialization import load_spiking, save_spiking
+from spikemllm_sj.models.tiny import build_tiny_model, tiny_batch
 from spikemllm_sj.neurons import MSTSConfig
-from spikemllm_sj.serialization import load_spiking, save_spiking
-from spikemllm_sj.tiny import build_tiny_model, tiny_batch
 
 
 @pytest.mark.parametrize("name", ["tiny-qwen2-vl", "tiny-llava", "tiny-internvl"])
@@ -35,7 +35,7 @@ def test_loading_an_incomplete_folder_fails_clearly(tmp_path):
 
 
 def test_round_trip_of_a_rotated_model(tmp_path):
-    from spikemllm_sj.quantizers import QuaRot
+    from spikemllm_sj.quantization.methods import QuaRot
 
     model = convert(build_tiny_model("tiny-internvl"), SpikeConfig(method=QuaRot()))  # tied embeddings
     batch = tiny_batch(model, batch_size=2)

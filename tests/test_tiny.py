@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from spikemllm_sj.tiny import (
+from spikemllm_sj.models.tiny import (
     TEXT_IDS,
     TINY_MODELS,
     build_tiny_model,

@@ -1,13 +1,12 @@
 import pytest
 import torch
-import torch.nn as nn
 
 from spikemllm_sj import SpikeConfig, calibrate, convert, set_mode
-from spikemllm_sj.calibration import Calibration
-from spikemllm_sj.quant import IntLevels
-from spikemllm_sj.quantizers import Hadamard, SmoothQuant
-from spikemllm_sj.tiny import build_tiny_model, tiny_batch
-from spikemllm_sj.weights import gptq, quantize_weight
+from spikemllm_sj.ann2snn.calibration import Calibration
+from spikemllm_sj.models.tiny import build_tiny_model, tiny_batch
+from spikemllm_sj.neurons import IntLevels
+from spikemllm_sj.quantization.methods import Hadamard, SmoothQuant
+from spikemllm_sj.quantization.weights import gptq, quantize_weight
 
 
 def correlated_inputs(n=512, d=48, seed=0):

@@ -6,7 +6,7 @@ step count; ``MEDStudy.schedule(budget=...)`` picks the steps per modality (opti
 group) and ``explain`` says why; ``plots`` draws the figures; ``spikemllm med`` runs it all.
 """
 
-from spikemllm_sj.med.analysis import MEDConfig, MEDStudy, SensitivityEntry, analyze, compare
+from spikemllm_sj.med.analysis import MEDConfig, MEDStudy, SensitivityEntry, analyze, compare, scheduled_config
 from spikemllm_sj.med.schedule import Candidate, Schedule, SensitivityTable, explain, schedule
 from spikemllm_sj.med.steps import ALL, VISION, model_sections, set_msts, steps_applied
 
@@ -24,6 +24,7 @@ __all__ = [
     "explain",
     "model_sections",
     "schedule",
+    "scheduled_config",
     "set_msts",
     "steps_applied",
 ]

@@ -6,7 +6,7 @@ converted model is run as its fake-quant twin (the same numbers as spike mode, b
 one modality at a time encoded with fewer steps (:mod:`spikemllm_sj.med.steps` swaps the steps
 without converting again). The result feeds the scheduler (:mod:`spikemllm_sj.med.schedule`).
 
-What the paper defines and what is ours (INFERENCE, see ``/work/shared/notes/paper.md``): the paper
+What the paper defines and what is ours (INFERENCE): the paper
 guides MSTS by MED, described by a reader as a cross-layer cosine-similarity proxy. We take, per
 decoder layer ``l`` and modality ``m``, ``E_m^l = 1 - mean_{tokens of m} cos(h^l_in, h^l_out)`` and
 ``MED_v^l = E_text^l - E_v^l`` for each visual modality ``v``; the relative update norm is recorded
@@ -15,22 +15,24 @@ beside it. MED is reported and cross-checked; the schedule itself is decided by 
 Two budgets (``over``): ``"tokens"``, the mean steps per language-model token (the paper's Tv/Tt
 view; the vision tower, which always runs at the image steps, is not counted), and ``"sites"``,
 the mean steps per token encoded at any spike-driven site (the vision tower's patches and every
-layer's inputs included, as :func:`~spikemllm_sj.report.op_report` counts them).
+layer's inputs included, as :func:`~spikemllm_sj.analysis.op_report.op_report` counts them).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import copy
+from dataclasses import dataclass, field, replace
 from typing import Literal, Mapping, Optional, Sequence
 
 import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from spikemllm_sj.adapters import adapter_for
+from spikemllm_sj.ann2snn.adapters import adapter_for
+from spikemllm_sj.ann2snn.preconditions import require_eval_mode
+from spikemllm_sj.ann2snn.recipe import convert, spike_state
 from spikemllm_sj.config import SpikeConfig
-from spikemllm_sj.converter import convert, spike_state
-from spikemllm_sj.med.probe import (
+from spikemllm_sj.med.measure import (
     LayerEvolution,
     Measurement,
     Reference,
@@ -44,7 +46,7 @@ from spikemllm_sj.med.schedule import Candidate, Fidelity, Schedule, Sensitivity
 from spikemllm_sj.med.steps import ALL, VISION, Plan, Sections, decoder_layers, model_sections, steps_applied, uniform_plan
 from spikemllm_sj.neurons import MSTSConfig
 
-__all__ = ["OVER", "MEDConfig", "MEDStudy", "SensitivityEntry", "analyze", "baselines", "compare"]
+__all__ = ["OVER", "MEDConfig", "MEDStudy", "SensitivityEntry", "analyze", "baselines", "compare", "scheduled_config"]
 
 Batch = Mapping[str, torch.Tensor]
 Over = Literal["tokens", "sites"]
@@ -248,8 +250,7 @@ def _check_model(model: nn.Module) -> None:
         raise ValueError("the model is already converted: pass the float model (MED needs its FP32 outputs)")
     if adapter.vision is None:
         raise ValueError(f"{type(model).__name__} has no vision tower: MED compares visual and text tokens")
-    if any(m.training for m in model.modules()):
-        raise ValueError("the model is in training mode: call model.eval() first")
+    require_eval_mode(model, "the MED analysis")
 
 
 def _check_batches(batches, name: str) -> list:
@@ -387,3 +388,20 @@ def baselines(study: MEDStudy, rows: list[dict], over: Over = "tokens") -> list[
         for r in rows
         if r["kind"] in ("uniform", "split")
     ]
+
+
+def scheduled_config(
+    model: nn.Module, batches: Sequence[Batch], config: SpikeConfig, calibration, budget: float, progress: bool = False
+) -> tuple[SpikeConfig, dict]:
+    """``(config with the scheduled steps, record)``: MED and per-modality sensitivity measured on
+    a copy of float ``model`` (:func:`analyze`; twice the model's memory), then the steps per
+    modality the scheduler picks for an average of ``budget`` steps per language-model token.
+    Modalities absent from ``batches`` keep the configuration's steps."""
+    study = analyze(copy.deepcopy(model), batches, config, calibration=calibration, progress=progress)
+    chosen = study.schedule(budget=budget)
+    steps = {modality.name.lower(): code.steps for modality, code in config.msts.codes.items()}
+    steps.update(chosen.steps)
+    scheduled = replace(config, msts=MSTSConfig(steps=steps, scheme=config.msts.scheme, signed=config.msts.signed))
+    record = {"budget": budget, "steps": steps, "mean_med": study.mean_med(), "tokens": study.tokens,
+              "chosen": chosen.chosen.as_dict(), "candidates_measured": len(chosen.verified)}
+    return scheduled, record

@@ -305,6 +305,52 @@ def _plan_text(plan: Mapping[str, Mapping[str, int]]) -> str:
     return "; ".join(("" if s == ALL else f"{s}: ") + ", ".join(f"{m} {t}" for m, t in v.items()) for s, v in plan.items())
 
 
+def _why(chosen: Candidate, table: SensitivityTable) -> str:
+    why = []
+    for section, steps in chosen.plan.items():
+        for m, t in steps.items():
+            lower = f" (at {t - 1}: {table.increase(section, m, t - 1):.2e})" if t - 1 in table.candidates else ""
+            where = "" if section == ALL else f" in {section}"
+            why.append(f"{m}{where} at {t} steps alone costs {table.increase(section, m, t):.2e}{lower}")
+    return "Why: " + "; ".join(why) + "."
+
+
+def _med_notes(med: Mapping[str, float], table: SensitivityTable, by_section: Optional[SensitivityTable]) -> list[str]:
+    """Whether each visual modality's MED agrees with its measured sensitivity. MED is measured on
+    the decoder layers: it is compared with their sensitivity when a per-section table tells it."""
+    decoder = [s for s in by_section.error if s != VISION] if by_section is not None else []
+
+    def sens(m: str) -> float:
+        return sum(by_section.sensitivity(m, s) for s in decoder) if decoder else table.sensitivity(m)
+
+    scope = "decoder layers" if decoder else "whole model, vision tower included"
+    notes = []
+    for v, value in med.items():
+        if v not in table.modalities:
+            continue
+        evolves_less, less_sensitive = value > 0, sens(v) < sens("text")
+        notes.append(
+            f"{v} evolves {'less' if evolves_less else 'more'} than text (mean MED {value:+.3f}) and is "
+            f"{'less' if less_sensitive else 'more'} sensitive ({scope}): "
+            f"{'agrees' if evolves_less == less_sensitive else 'disagrees'}"
+        )
+    return ["MED: " + "; ".join(notes) + "."] if notes else []
+
+
+def _best_baseline(result: Schedule, baselines: Sequence[Candidate]) -> list[str]:
+    fitting = [
+        b for b in baselines if b.measured is not None and (result.budget is None or b.average_steps <= result.budget + 1e-9)
+    ]
+    if not fitting or result.chosen.measured is None:
+        return []
+    best = max(fitting, key=lambda b: b.measured)
+    verdict = "at least as good" if result.chosen.measured >= best.measured else "worse"
+    return [
+        f"Best compared plan that fits: {_plan_text(best.plan)} ({best.average_steps:.3f} steps, "
+        f"{best.measured:.4f}); the choice is {verdict}."
+    ]
+
+
 def explain(
     result: Schedule,
     table: SensitivityTable,
@@ -315,7 +361,8 @@ def explain(
     """A short report of why ``result`` was chosen.
 
     :param table: the table ``result`` was chosen from.
-    :param med: mean MED per visual modality (text minus visual evolution, see ``probe``).
+    :param med: mean MED per visual modality (text minus visual evolution, see
+        :mod:`~spikemllm_sj.med.measure`).
     :param baselines: measured plans to compare with (e.g. uniform T; their ``average_steps`` in
         the table's unit); the best that fits the budget is named.
     :param sections: a per-section table (vision tower apart from the decoder layers), used to
@@ -336,14 +383,8 @@ def explain(
         f"Asked: {ask} per {table.unit} (language-model tokens: {mix}).",
         f"Chosen: {_plan_text(chosen.plan)} -> {chosen.average_steps:.3f} steps per {table.unit}, {measured}; "
         f"every modality at {table.reference_steps} steps: {1 - table.reference_error:.4f}.",
+        _why(chosen, table),
     ]
-    why = []
-    for section, steps in chosen.plan.items():
-        for m, t in steps.items():
-            lower = f" (at {t - 1}: {table.increase(section, m, t - 1):.2e})" if t - 1 in table.candidates else ""
-            where = "" if section == ALL else f" in {section}"
-            why.append(f"{m}{where} at {t} steps alone costs {table.increase(section, m, t):.2e}{lower}")
-    lines.append("Why: " + "; ".join(why) + ".")
     if ALL in table.error:
         ranked = sorted(table.modalities, key=lambda m: table.sensitivity(m))
         lines.append(
@@ -352,7 +393,6 @@ def explain(
             + f"; least sensitive: {ranked[0]}."
         )
     by_section = sections if sections is not None else (table if ALL not in table.error else None)
-    decoder = [s for s in by_section.error if s != VISION] if by_section is not None else []
     if by_section is not None:
         parts = [
             f"{s}: " + ", ".join(f"{m} {by_section.sensitivity(m, s):.2e}" for m in by_section.error[s])
@@ -360,33 +400,5 @@ def explain(
         ]
         lines.append("By section: " + "; ".join(parts) + ".")
     if med:
-        # MED is measured on the decoder layers: compare it with their sensitivity when it is known.
-        def sens(m: str) -> float:
-            if decoder:
-                return sum(by_section.sensitivity(m, s) for s in decoder)
-            return table.sensitivity(m)
-
-        scope = "decoder layers" if decoder else "whole model, vision tower included"
-        notes = []
-        for v, value in med.items():
-            if v not in table.modalities:
-                continue
-            evolves_less, less_sensitive = value > 0, sens(v) < sens("text")
-            notes.append(
-                f"{v} evolves {'less' if evolves_less else 'more'} than text (mean MED {value:+.3f}) and is "
-                f"{'less' if less_sensitive else 'more'} sensitive ({scope}): "
-                f"{'agrees' if evolves_less == less_sensitive else 'disagrees'}"
-            )
-        if notes:
-            lines.append("MED: " + "; ".join(notes) + ".")
-    fitting = [
-        b for b in baselines if b.measured is not None and (result.budget is None or b.average_steps <= result.budget + 1e-9)
-    ]
-    if fitting and chosen.measured is not None:
-        best = max(fitting, key=lambda b: b.measured)
-        verdict = "at least as good" if chosen.measured >= best.measured else "worse"
-        lines.append(
-            f"Best compared plan that fits: {_plan_text(best.plan)} ({best.average_steps:.3f} steps, "
-            f"{best.measured:.4f}); the choice is {verdict}."
-        )
-    return "\n".join(lines)
+        lines += _med_notes(med, table, by_section)
+    return "\n".join(lines + _best_baseline(result, baselines))

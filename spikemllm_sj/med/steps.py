@@ -22,8 +22,8 @@ from typing import Iterator, Mapping, Optional
 
 import torch.nn as nn
 
-from spikemllm_sj.converter import spike_state
-from spikemllm_sj.modules import _MSTSSite
+from spikemllm_sj.ann2snn.recipe import spike_state
+from spikemllm_sj.ann2snn.sites import MSTSSite
 from spikemllm_sj.neurons import MSTSConfig, MSTSEncoder
 
 __all__ = ["ALL", "VISION", "Plan", "Sections", "decoder_layers", "model_sections", "set_msts", "steps_applied", "uniform_plan"]
@@ -72,7 +72,7 @@ def model_sections(model: nn.Module, groups: Optional[int] = None) -> Sections:
     state = spike_state(model)
     adapter = state.adapter
     layers = decoder_layers(model, adapter.language_model)
-    sites = [name for name, m in model.named_modules() if isinstance(m, _MSTSSite)]
+    sites = [name for name, m in model.named_modules() if isinstance(m, MSTSSite)]
     if groups is None:
         return Sections({ALL: tuple(sites)}, {ALL: len(layers)})
     if isinstance(groups, bool) or not isinstance(groups, int) or not 1 <= groups <= len(layers):
@@ -114,7 +114,7 @@ def set_msts(model: nn.Module, msts: MSTSConfig) -> None:
         raise TypeError(f"msts must be an MSTSConfig, got {type(msts).__name__}")
     state = spike_state(model)
     for module in model.modules():
-        if isinstance(module, _MSTSSite):
+        if isinstance(module, MSTSSite):
             module.encoder = MSTSEncoder(msts)
     state.config = dataclasses.replace(state.config, msts=msts)
 

@@ -1,0 +1,81 @@
+"""The two spike-driven matmuls of attention: ``Q K^T`` from query spikes and ``P V`` from
+probability spikes (the attention implementation that calls them:
+:mod:`~spikemllm_sj.ann2snn.attention_interface`)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from spikemllm_sj.ann2snn.modalities import ModalitySource
+from spikemllm_sj.ann2snn.sites import MSTSSite, SpikeSite
+from spikemllm_sj.ann2snn.spike_ops import exact_dtype, spike_matmul
+from spikemllm_sj.neurons import IntLevels, MSTSConfig, TCLIFNode, absmax_scale, quantize, scale_from_absmax
+
+__all__ = ["SpikeScores", "SpikeContext", "SpikeAttention"]
+
+
+class SpikeScores(MSTSSite):
+    """Attention scores ``query @ key^T`` with the query as MSTS spikes (per token and head) and
+    the keys as integer levels (per token and head): ``[B, H, L, d] x [B, H, S, d] -> [B, H, L, S]``
+    (unscaled)."""
+
+    kind = "attention.qk"
+
+    def __init__(self, msts: MSTSConfig, kv_levels: IntLevels, modality: ModalitySource):
+        super().__init__(msts, modality)
+        self.kv_levels = kv_levels
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+        B, H, L, d = query.shape
+        k_scale = absmax_scale(key, self.kv_levels, "token")  # [B, H, S, 1]
+        k_levels = quantize(key, k_scale, self.kv_levels)
+        ids = self.modality(B, L).to(query.device).repeat_interleave(H, dim=0)  # every head of a token has its modality
+        k_t = k_levels.reshape(B * H, -1, d).transpose(1, 2)
+        acc, q_scale = self.accumulate(query.reshape(B * H, L, d), ids, k_t, self.kv_levels.qmax)
+        scores = acc * q_scale.to(acc.dtype) * k_scale.reshape(B * H, 1, -1).to(acc.dtype)
+        return scores.reshape(B, H, L, -1).to(query.dtype)
+
+    def extra_repr(self) -> str:
+        return f"kv_bits={self.kv_levels.bits}, mode={self.mode}"
+
+
+class SpikeContext(SpikeSite):
+    """Attention context ``probs @ value`` with the probabilities as binary TC-LIF spikes
+    (unsigned levels, fixed scale ``1 / qmax``) and the values as integer levels (per channel and
+    head): ``[B, H, L, S] x [B, H, S, d] -> [B, H, L, d]``."""
+
+    kind = "attention.pv"
+
+    def __init__(self, kv_levels: IntLevels, prob_levels: IntLevels):
+        super().__init__()
+        if prob_levels.signed:
+            raise ValueError("prob_levels must be unsigned (probabilities are non-negative)")
+        self.kv_levels = kv_levels
+        self.prob = TCLIFNode(prob_levels.levels, signed=False, scale=1.0 / prob_levels.qmax)
+
+    def forward(self, probs: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        v_scale = scale_from_absmax(value.detach().abs().amax(-2, keepdim=True), self.kv_levels)  # [B, H, 1, d]
+        v_levels = quantize(value, v_scale, self.kv_levels)
+        code = self.prob.code
+        dtype = exact_dtype(float(code.levels.qmax) * self.kv_levels.qmax * probs.shape[-1], value.dtype)
+        if self.mode == "fake_quant":
+            acc = torch.matmul(quantize(probs, self.prob.scale, code.levels).to(dtype), v_levels.to(dtype))
+        else:
+            spikes = self.prob.encode(probs)
+            rows = probs[..., 0].numel()
+            self.activity.add(self.prob.statistics(spikes), {"probabilities": (rows, rows * code.steps)})
+            acc = spike_matmul(spikes.to(dtype), v_levels.to(dtype), code.leak)
+        return (acc * self.prob.scale.to(dtype) * v_scale.to(dtype)).to(value.dtype)
+
+    def extra_repr(self) -> str:
+        return f"kv_bits={self.kv_levels.bits}, prob_bits={self.prob.code.levels.bits}, mode={self.mode}"
+
+
+class SpikeAttention(nn.Module):
+    """The two spike-driven matmuls of one attention module."""
+
+    def __init__(self, msts: MSTSConfig, kv_levels: IntLevels, prob_levels: IntLevels, modality: ModalitySource):
+        super().__init__()
+        self.qk = SpikeScores(msts, kv_levels, modality)
+        self.pv = SpikeContext(kv_levels, prob_levels)

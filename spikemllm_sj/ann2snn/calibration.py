@@ -1,0 +1,143 @@
+"""Static activation scales: ``calibrate(model, batches)`` before ``convert``.
+
+For every linear layer that ``convert`` makes spike-driven, the calibration records the largest
+input magnitude per input channel and token modality over the calibration batches, and, for GPTQ
+weights, the input's second moment ``X^T X`` (the layer's Hessian up to a factor). Static scales
+are per tensor and modality (the maximum over channels, after the quantization method's input
+transform); SmoothQuant uses the per-channel ranges. The statistics are running maxima, so a
+calibration can be resumed with more batches and saved as JSON in between.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Mapping, Optional
+
+import torch
+import torch.nn as nn
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from spikemllm_sj.ann2snn.adapters import adapter_for
+from spikemllm_sj.ann2snn.modalities import modality_ids
+from spikemllm_sj.ann2snn.preconditions import require_eval_mode
+from spikemllm_sj.config import SpikeConfig
+from spikemllm_sj.neurons import Modality, check_finite
+
+__all__ = ["Calibration", "calibrate"]
+
+
+@dataclass
+class Calibration:
+    """Input absmax per linear layer (module path), modality name and input channel, and the
+    number of batches seen."""
+
+    absmax: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    batches: int = 0
+    hessians: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def update(self, site: str, modality: Modality, channel_absmax: torch.Tensor) -> None:
+        per_site = self.absmax.setdefault(site, {})
+        name = modality.name.lower()
+        channel_absmax = channel_absmax.detach().cpu()  # kept as lists: device-independent
+        if name in per_site:
+            channel_absmax = torch.maximum(torch.tensor(per_site[name]), channel_absmax)
+        per_site[name] = channel_absmax.tolist()
+
+    def channel_absmax_of(self, site: str) -> dict[Modality, torch.Tensor]:
+        """Per modality, the input range of each channel ``[in]``."""
+        if site not in self.absmax:
+            raise ValueError(f"the calibration has no statistics for {site}: was it made on this model?")
+        return {Modality.parse(name): torch.tensor(values) for name, values in self.absmax[site].items()}
+
+    def add_hessian(self, site: str, x2: torch.Tensor) -> None:
+        """Accumulate ``x2^T x2`` of inputs ``[N, in]`` (float64)."""
+        x2 = x2.double()
+        h = x2.T @ x2
+        self.hessians[site] = h if site not in self.hessians else self.hessians[site] + h
+
+    def save(self, path: str | Path) -> None:
+        """JSON at ``path``; Hessians, if any, in ``<path>.hessians.safetensors`` beside it."""
+        Path(path).write_text(json.dumps({"batches": self.batches, "absmax": self.absmax}, indent=1))
+        if self.hessians:
+            save_file(self.hessians, f"{path}.hessians.safetensors")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Calibration":
+        data = json.loads(Path(path).read_text())
+        hessians = Path(f"{path}.hessians.safetensors")
+        return cls(
+            absmax=data["absmax"],
+            batches=int(data["batches"]),
+            hessians=load_file(hessians) if hessians.is_file() else {},
+        )
+
+
+class _InputRecorder:
+    """Forward pre-hooks that record the input of each calibrated linear layer into a calibration."""
+
+    def __init__(self, calibration: Calibration, hessians: bool):
+        self.calibration = calibration
+        self.hessians = hessians
+        self.ids: Optional[torch.Tensor] = None  # modality ids [B, L] of the current batch
+
+    def hook(self, site: str, fixed: Optional[Modality]):
+        def record(module, args):
+            x = args[0].detach()
+            check_finite(x, f"input of {site}")
+            x3 = x.reshape(-1, x.shape[-2], x.shape[-1]) if x.dim() >= 3 else x.reshape(1, -1, x.shape[-1])
+            if self.hessians:
+                self.calibration.add_hessian(site, x3.reshape(-1, x3.shape[-1]))
+            if fixed is not None:
+                self.calibration.update(site, fixed, x3.abs().reshape(-1, x3.shape[-1]).amax(0).float())
+                return
+            ids = self.ids[:, -x3.shape[1] :]  # the output head may see only the last tokens
+            for m in ids.unique().tolist():
+                self.calibration.update(site, Modality(int(m)), x3[ids == m].abs().amax(0).float())
+
+        return record
+
+
+def calibrate(
+    model: nn.Module,
+    batches: Iterable[Mapping[str, torch.Tensor]],
+    config: Optional[SpikeConfig] = None,
+    resume: Optional[Calibration] = None,
+    progress: bool = True,
+) -> Calibration:
+    """Run the (unconverted) ``model`` on ``batches`` (forward kwargs) and record input absmax.
+
+    :param config: the configuration the model will be converted with (its ``convert_lm_head``
+        decides whether the output head is calibrated too, its ``weight_method`` whether Hessians
+        are recorded).
+    :param resume: a calibration to continue; it is updated and returned.
+    """
+    config = config or SpikeConfig()
+    adapter = adapter_for(model)
+    require_eval_mode(model, "calibrating")
+    visual_ids = adapter.visual_token_ids(model)
+    calibration = resume if resume is not None else Calibration()
+    recorder = _InputRecorder(calibration, hessians=config.weight_method == "gptq")
+    handles = [
+        module.register_forward_pre_hook(recorder.hook(path, fixed))
+        for path, module, fixed in adapter.converted_linears(model, config.convert_lm_head)
+    ]
+    seen = 0
+    try:
+        with torch.no_grad():
+            for batch in tqdm(batches, desc="calibrate", unit="batch", disable=not progress):
+                input_ids = batch.get("input_ids")
+                if input_ids is None:
+                    raise ValueError("calibration batches need input_ids (to tell image tokens from text)")
+                recorder.ids = modality_ids(visual_ids, input_ids)
+                model(**batch)
+                seen += 1
+    finally:
+        for handle in handles:
+            handle.remove()
+    if seen == 0:
+        raise ValueError("calibrate needs at least one batch")
+    calibration.batches += seen
+    return calibration

@@ -1,0 +1,115 @@
+"""``SpikeLinear``: an ``nn.Linear`` with spike-coded input and integer weights."""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+import torch.nn as nn
+
+from spikemllm_sj.ann2snn.modalities import ModalitySource
+from spikemllm_sj.ann2snn.sites import MSTSSite
+from spikemllm_sj.neurons import IntLevels, Modality, MSTSConfig
+from spikemllm_sj.quantization.methods import RTN, QuantMethod
+from spikemllm_sj.quantization.weights import quantize_weight
+
+__all__ = ["LinearInput", "SpikeLinear"]
+
+
+class LinearInput(NamedTuple):
+    """A :class:`SpikeLinear`'s input as the layer encodes it.
+
+    :param x: the input after the method's transform, ``[..., in]``.
+    :param tokens: the same as ``[B, L, in]`` (a 2-d input is one row of tokens).
+    :param ids: modality of each token ``[B, L]``.
+    :param levels: integer levels ``[B, L, in]``, what the spikes carry.
+    :param scale: per-token scale ``[B, L, 1]``.
+    :param acc_dtype: the dtype in which the integer accumulation with the weights is exact.
+    """
+
+    x: torch.Tensor
+    tokens: torch.Tensor
+    ids: torch.Tensor
+    levels: torch.Tensor
+    scale: torch.Tensor
+    acc_dtype: torch.dtype
+
+
+class SpikeLinear(MSTSSite):
+    """``nn.Linear`` with spike-coded input and integer weights: ``[..., in] -> [..., out]``.
+
+    Weights are quantized per output channel (round-to-nearest, or GPTQ given the input
+    ``hessian``), after the quantization ``method``'s transform; the input per token, with its
+    modality's levels (MSTS).
+    """
+
+    kind = "linear"
+
+    def __init__(
+        self,
+        linear: nn.Linear,
+        msts: MSTSConfig,
+        weight_levels: IntLevels,
+        modality: ModalitySource,
+        method: QuantMethod = RTN(),
+        channel_absmax: Optional[torch.Tensor] = None,
+        hessian: Optional[torch.Tensor] = None,
+    ):
+        super().__init__(msts, modality)
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        weight, self.transform = method.prepare_linear(linear.weight.detach(), channel_absmax)
+        if hessian is not None and self.transform is not None:
+            # The quantized weight sees the transformed input x' = x A: its Hessian is A^T H A.
+            a = self.transform.matrix(self.in_features, device=weight.device)
+            hessian = a.T @ hessian.double() @ a
+        qweight, scale = quantize_weight(weight, weight_levels, hessian)
+        storage = torch.int8 if weight_levels.bits <= 8 else torch.int16  # IntLevels has at most 16 bits
+        self.register_buffer("qweight", qweight.to(storage))
+        self.register_buffer("weight_scale", scale.reshape(1, -1).to(weight.dtype))
+        self.weight_levels = weight_levels
+        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
+
+    def set_static_ranges(self, channel_absmax: dict[Modality, torch.Tensor]) -> None:
+        """Static input scales from the calibrated range of each input channel ``[in]`` per
+        modality: the largest magnitude of the transformed input (see
+        :meth:`~spikemllm_sj.quantization.transforms.InputTransform.input_absmax`)."""
+        bound = self.transform.input_absmax if self.transform is not None else lambda r: float(r.max())
+        self.set_static_absmax({m: bound(r) for m, r in channel_absmax.items()})
+
+    def input_tokens(self, x: torch.Tensor, ids: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(x after the transform, the same as tokens [B, L, in], their modality ids [B, L])``.
+
+        :param ids: the tokens' modalities; default: the layer's modality source.
+        """
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"input has {x.shape[-1]} features, the layer expects {self.in_features}")
+        if self.transform is not None:
+            x = self.transform(x)
+        x3 = x.reshape(-1, x.shape[-2], x.shape[-1]) if x.dim() >= 3 else x.reshape(1, -1, x.shape[-1])
+        ids = self.modality(*x3.shape[:2]) if ids is None else ids
+        return x, x3, ids.to(x3.device)
+
+    def input_levels(self, x: torch.Tensor, ids: Optional[torch.Tensor] = None) -> LinearInput:
+        """The input ``x`` ``[..., in]`` as this layer encodes it (see :class:`LinearInput`): what a
+        backend that runs the spike-driven product elsewhere (Lava) starts from."""
+        x, x3, ids = self.input_tokens(x, ids)
+        levels, scale = self.quantize_tokens(x3, ids)
+        dtype = self.accumulation_dtype(x3.shape[-1], self.weight_levels.qmax, x3.dtype)
+        return LinearInput(x, x3, ids, levels, scale, dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x, x3, ids = self.input_tokens(x)
+        acc, scale = self.accumulate(x3, ids, self.qweight.T, self.weight_levels.qmax)
+        return self.dequantize(acc, scale, x.dtype).reshape(*x.shape[:-1], self.out_features)
+
+    def dequantize(self, acc: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """The layer's output from its exact integer accumulation ``acc`` ``[..., out]`` (held in
+        the accumulation dtype) and the input's per-token ``scale`` ``[..., 1]``, in ``dtype``."""
+        y = (acc * scale.to(acc.dtype) * self.weight_scale.to(acc.dtype)).to(dtype)
+        return y if self.bias is None else y + self.bias
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"weight_bits={self.weight_levels.bits}, mode={self.mode}"
+        )

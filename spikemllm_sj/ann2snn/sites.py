@@ -1,0 +1,161 @@
+"""Spike-driven sites: the base classes of the modules that replace a model's linear layers and
+attention matmuls.
+
+Each site runs in one of two modes (:data:`MODES`) that compute the same numbers:
+
+* ``"spike"``: activations become MSTS spike trains, and the site accumulates integer operands
+  selected by the spikes (:func:`~spikemllm_sj.ann2snn.spike_ops.spike_matmul`);
+* ``"fake_quant"``: the quantized ANN twin, the same integer levels multiplied directly.
+
+Integer accumulations are exact in both (see :func:`~spikemllm_sj.ann2snn.spike_ops.exact_dtype`),
+and the rescaling that follows is the same code, so the two modes agree bit for bit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal, Optional
+
+import torch
+import torch.nn as nn
+
+from spikemllm_sj.ann2snn.modalities import ModalitySource
+from spikemllm_sj.ann2snn.spike_ops import exact_dtype, spike_matmul
+from spikemllm_sj.neurons import Modality, MSTSConfig, MSTSEncoder, SpikeStats
+
+__all__ = ["Mode", "MODES", "SiteActivity", "SpikeSite", "MSTSSite"]
+
+Mode = Literal["spike", "fake_quant"]
+MODES: tuple[str, ...] = ("spike", "fake_quant")
+"""How a converted model runs: spike-driven, or as its quantized ANN twin."""
+
+
+@dataclass
+class SiteActivity:
+    """Spikes a site emitted since the last :meth:`reset` (summed over forward calls).
+
+    :param tokens: tokens encoded, per modality name.
+    :param token_steps: time steps those tokens used, per modality name (MSTS padding excluded).
+    """
+
+    spikes: int = 0
+    neuron_steps: int = 0
+    tokens: dict[str, int] = field(default_factory=dict)
+    token_steps: dict[str, int] = field(default_factory=dict)
+
+    def add(self, stats: SpikeStats, tokens: dict[str, tuple[int, int]]) -> None:
+        self.spikes += stats.spikes
+        self.neuron_steps += stats.neuron_steps
+        for name, (count, steps) in tokens.items():
+            self.tokens[name] = self.tokens.get(name, 0) + count
+            self.token_steps[name] = self.token_steps.get(name, 0) + steps
+
+    def reset(self) -> None:
+        self.spikes = self.neuron_steps = 0
+        self.tokens.clear()
+        self.token_steps.clear()
+
+
+class SpikeSite(nn.Module):
+    """A spike-driven site: its mode and the activity it records in spike mode.
+
+    :cvar kind: what the site computes, as reports name it (``"linear"``, ``"attention.qk"``,
+        ``"attention.pv"``).
+    """
+
+    kind: ClassVar[str]
+
+    def __init__(self):
+        super().__init__()
+        self.mode: Mode = "spike"
+        self.activity = SiteActivity()
+
+    def set_mode(self, mode: Mode) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        self.mode = mode
+
+
+class MSTSSite(SpikeSite):
+    """A site whose input tokens are MSTS spike trains: the encoder and the token modalities.
+
+    :param msts: steps (or bits) per modality of the input's spike code.
+    :param modality: the source of the modality ids of the tokens the site encodes.
+    """
+
+    def __init__(self, msts: MSTSConfig, modality: ModalitySource):
+        super().__init__()
+        self.encoder = MSTSEncoder(msts)
+        self.modality = modality
+        # Static (calibrated) input absmax per modality, indexed by Modality value; NaN where the
+        # calibration saw no token of that modality. All NaN: dynamic per-token scales.
+        self.register_buffer("static_absmax", torch.full((len(Modality),), float("nan")))
+
+    def set_static_absmax(self, absmax: dict[Modality, float]) -> None:
+        values = torch.full_like(self.static_absmax, float("nan"))
+        for modality, value in absmax.items():
+            if not value > 0:
+                raise ValueError(f"calibrated absmax must be > 0, got {value} for {Modality(modality).name.lower()}")
+            values[int(modality)] = float(value)
+        self.static_absmax = values
+
+    @property
+    def static(self) -> bool:
+        return not bool(torch.isnan(self.static_absmax).all())
+
+    def token_scale(self, ids: torch.Tensor, dtype: torch.dtype) -> Optional[torch.Tensor]:
+        """Per-token scales ``[B, L, 1]`` of tokens with modality ``ids`` ``[B, L]`` from the
+        calibration, or None for dynamic (per-token absmax) scales."""
+        if not self.static:
+            return None
+        codes = self.encoder.config.codes
+        qmax = torch.ones(len(Modality))
+        for modality, code in codes.items():
+            qmax[int(modality)] = code.levels.qmax
+        absmax = self.static_absmax.to(ids.device)[ids]
+        if torch.isnan(absmax).any():
+            missing = sorted({Modality(int(m)).name.lower() for m in ids[torch.isnan(absmax)].unique()})
+            raise ValueError(f"this site was calibrated without {', '.join(missing)} tokens")
+        return (absmax / qmax.to(ids.device)[ids]).unsqueeze(-1).to(dtype)
+
+    def quantize_tokens(self, x3: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The integer levels ``[B, L, K]`` and scales ``[B, L, 1]`` of tokens ``x3`` ``[B, L, K]``
+        (modalities ``ids`` ``[B, L]``): what this site's spikes carry."""
+        return self.encoder.quantize(x3, ids, self.token_scale(ids, x3.dtype))
+
+    def accumulation_dtype(self, fan_in: int, other_qmax: int, dtype: torch.dtype) -> torch.dtype:
+        """The floating-point dtype in which the product of this site's levels with integer
+        operands of magnitude at most ``other_qmax`` over ``fan_in`` terms is exact."""
+        # Horner's partial sums never exceed the largest level (plus offset) times |other| times K.
+        qmax = max(code.levels.qmax + code.offset for code in self.encoder.config.codes.values())
+        return exact_dtype(float(qmax) * other_qmax * fan_in, dtype)
+
+    def accumulate(
+        self, x3: torch.Tensor, ids: torch.Tensor, other: torch.Tensor, other_qmax: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Integer product of ``x3``'s levels ``[B, L, K]`` (token modalities ``ids`` ``[B, L]``)
+        with integer ``other`` ``[..., K, N]``: from the spikes in spike mode, from the levels in
+        fake-quant mode.
+
+        :return: the exact integer accumulation ``[B, L, N]`` (in :meth:`accumulation_dtype`) and
+            the per-token scale ``[B, L, 1]``.
+        """
+        ids = ids.to(x3.device)
+        dtype = self.accumulation_dtype(x3.shape[-1], other_qmax, x3.dtype)
+        other = other.to(dtype)
+        scale = self.token_scale(ids, x3.dtype)
+        if self.mode == "fake_quant":
+            levels, scale = self.encoder.quantize(x3, ids, scale)
+            return torch.matmul(levels.to(dtype), other), scale
+        out = self.encoder(x3, ids, scale)
+        self.activity.add(
+            out.statistics(),
+            {
+                Modality(int(m)).name.lower(): (int((ids == m).sum()), int(out.steps[ids == m].sum()))
+                for m in torch.unique(ids).tolist()
+            },
+        )
+        acc = spike_matmul(out.spikes.to(dtype), other, out.leak)
+        if out.offset.any():
+            acc = acc - out.offset.to(dtype) * other.sum(-2, keepdim=True)
+        return acc, out.scale

@@ -1,0 +1,97 @@
+"""What the commands share: the bundled inputs, record batches, the calibration a configuration
+needs, and the one convert -> compare -> op report sequence."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+from spikemllm_sj.analysis.fidelity import ThreeWay, convert_and_compare
+from spikemllm_sj.analysis.op_report import OpReport, op_report
+from spikemllm_sj.ann2snn.calibration import Calibration, calibrate
+from spikemllm_sj.config import SpikeConfig
+from spikemllm_sj.data.records import read_records
+from spikemllm_sj.models.inputs import encode
+
+__all__ = [
+    "SAMPLE_DATA",
+    "EXAMPLE_IMAGE",
+    "QUESTIONS",
+    "chunks",
+    "shown",
+    "record_batches",
+    "calibration_for",
+    "Conversion",
+    "convert_compare_report",
+]
+
+ROOT = Path(__file__).resolve().parents[2]
+SAMPLE_DATA = ROOT / "data" / "eval_sample" / "sample.jsonl"
+EXAMPLE_IMAGE = ROOT / "examples" / "assets" / "shapes.png"
+QUESTIONS = ("What colour is the circle?", "Which shape is blue?")
+
+
+def chunks(items: Sequence, size: int) -> list:
+    """``items`` cut into consecutive lists of at most ``size``."""
+    return [list(items[i : i + size]) for i in range(0, len(items), size)]
+
+
+def shown(path: str | Path) -> str:
+    """``path`` relative to the working directory when it lies below it (reports stay readable)."""
+    resolved = Path(path).resolve()
+    return str(resolved.relative_to(Path.cwd())) if resolved.is_relative_to(Path.cwd()) else str(path)
+
+
+def record_batches(model, processor, data, batch_size: int) -> tuple[list[dict], dict]:
+    """``(batches, about)``: the records of the JSONL ``data`` encoded for ``model`` in batches of
+    ``batch_size``, and what they are (path, records, batches, lines left out).
+
+    :raises ValueError: ``data`` has no readable record.
+    """
+    records, problems = read_records(data)
+    if not records:
+        raise ValueError(f"{data} has no readable record ({len(problems)} lines left out)")
+    batches = [encode(model, processor, [r.image for r in c], [r.question for r in c]) for c in chunks(records, batch_size)]
+    about = {"path": shown(data), "records": len(records), "batches": len(batches),
+             "lines_left_out": [p.__dict__ for p in problems]}
+    return batches, about
+
+
+def calibration_for(
+    model, processor, config: SpikeConfig, data, batch_size: int, progress: bool
+) -> tuple[Optional[Calibration], Optional[dict]]:
+    """``(calibration, about)``: the calibration ``config`` needs, on the records of the JSONL
+    ``data`` (see :func:`record_batches`); ``(None, None)`` when ``config`` needs none.
+
+    :raises ValueError: a calibration is needed and ``data`` is None or has no readable record.
+    """
+    if not config.needs_calibration:
+        return None, None
+    if data is None:
+        raise ValueError("this configuration (static scales, SmoothQuant or GPTQ) needs calibration records: give a JSONL of them")
+    batches, about = record_batches(model, processor, data, batch_size)
+    return calibrate(model, batches, config, progress=progress), about
+
+
+@dataclass(frozen=True)
+class Conversion:
+    """A model converted and checked on one batch: the three variants' outputs and the op report
+    of one spike-mode forward."""
+
+    run: ThreeWay
+    report: OpReport
+
+
+def convert_compare_report(
+    model,
+    batch: dict,
+    config: Optional[SpikeConfig],
+    calibration: Optional[Calibration],
+    new_tokens: int,
+    progress: bool = False,
+) -> Conversion:
+    """Convert float ``model`` in place, compare it with its float self and its fake-quant twin on
+    ``batch`` (prompt logits and ``new_tokens`` greedy tokens), and count one spike-mode forward."""
+    (run,) = convert_and_compare(model, [batch], new_tokens, config, calibration, progress=progress)
+    return Conversion(run, op_report(model, **batch))

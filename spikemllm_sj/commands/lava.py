@@ -1,0 +1,91 @@
+"""``spikemllm lava``: one converted layer of a tiny model on Lava against PyTorch, bit for bit, and
+the accelerator model's view of the same forward pass."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from spikemllm_sj.analysis import accelerator
+from spikemllm_sj.commands import options
+from spikemllm_sj.commands.common import convert_compare_report
+from spikemllm_sj.models.tiny import build_tiny_model, tiny_batch
+
+__all__ = ["add_parser", "run"]
+
+_PARTS = {
+    "linear": "one SpikeLinear",
+    "mlp": "TC-LIF -> gate|up -> act_fn(gate)*up -> TC-LIF -> down, one Lava network per modality",
+    "qkv": "q/k/v projections as one SpikeDense",
+}
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    parser = sub.add_parser(
+        "lava", help="run one converted layer of a tiny model on Lava and check it equals PyTorch bit for bit"
+    )
+    options.add_model(parser, tiny_only=True)
+    parser.add_argument(
+        "--layer",
+        default="model.language_model.layers.0.mlp",
+        help="module path: a converted linear layer, a gated MLP, or an attention module (its q/k/v projections)",
+    )
+    parser.add_argument("--precision", default="fixed_pt", choices=("fixed_pt", "floating_pt"))
+    options.add_seed(parser)
+    parser.add_argument("--params", type=Path, default=None, help="accelerator parameter file (TOML); default: the packaged one")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def _print(args, check, layer_costs, preset, params_file, build_seconds: float) -> None:
+    tokens = ", ".join(f"{n} {c} ({check.steps[n]} steps each)" for n, c in check.tokens.items())
+    ratios = preset.totals()["ratios"]
+    print(
+        f"{args.model}, converted (TC-LIF, MSTS, W8, dynamic per-token scales); layer {check.layer} "
+        f"[{check.kind}: {_PARTS[check.kind]}] on Lava ({check.precision}) vs PyTorch spike mode\n"
+        f"  tokens: {tokens}; {check.lava_steps} Lava steps in {check.lava_runs} runs\n"
+        f"  max abs difference: {check.max_abs_diff:g}; exact (bit for bit): {'yes' if check.exact else 'no'}\n"
+        f"  wall time: Lava {check.lava_seconds:.2f} s, PyTorch {check.torch_seconds * 1e3:.1f} ms, "
+        f"build + convert {build_seconds:.2f} s\n"
+    )
+    print(f"Accelerator model ({params_file}), this layer on this batch (tokens processed one at a time):\n")
+    print(layer_costs.format_table())
+    print(
+        f"\nPaper preset (Qwen2VL-7B decode, batch 1, A800 FP16) at the firing rates measured here: "
+        f"throughput {ratios['throughput_ratio']:.2f}x (paper 9.06x), power {ratios['power_ratio_chip']:.2f}x "
+        f"(paper 25.8x, chip only), energy per token {ratios['energy_per_token_ratio_chip']:.0f}x "
+        f"({ratios['energy_per_token_ratio_with_hbm']:.1f}x with HBM access energy). Three parameters are fitted "
+        f"to the paper (see the parameter file and bench/results/accelerator.md)."
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    # Lava loads only for this command (it forks worker processes and takes seconds to import).
+    from spikemllm_sj.lava_backend import check_layer
+
+    start = time.perf_counter()
+    model = build_tiny_model(args.model, seed=args.seed)
+    batch = tiny_batch(model, batch_size=2, seed=args.seed)
+    done = convert_compare_report(model, batch, None, None, new_tokens=1)
+    build_seconds = time.perf_counter() - start
+    try:
+        check = check_layer(model, args.layer, batch, precision=args.precision)
+    except (ValueError, TypeError) as error:
+        print(f"spikemllm lava: error: {error}", file=sys.stderr)
+        return 2
+    # The accelerator's view of the same forward pass: the layer's activity, then the paper's
+    # Qwen2VL-7B setting at the firing rates measured here.
+    params_file = args.params or accelerator.PARAMS_FILE
+    params = accelerator.load_params(params_file)
+    layer_costs = accelerator.compare(accelerator.workload_from_report(done.report, scope=args.layer), params)
+    preset = accelerator.compare(accelerator.paper_preset(accelerator.measured_rates(done.report)), params)
+    if args.json:
+        print(json.dumps({"model": args.model, "build_seconds": build_seconds, **check.as_dict(),
+                          "accelerator": {"layer": layer_costs.as_dict(), "paper_preset": preset.as_dict()}}, indent=2))
+    else:
+        _print(args, check, layer_costs, preset, params_file, build_seconds)
+    return 0 if check.exact and done.run.spike_equals_twin() else 1

@@ -1,0 +1,1 @@
+"""Data: easy-VQA (:mod:`.easyvqa`) and JSONL question records (:mod:`.records`)."""

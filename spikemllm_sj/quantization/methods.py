@@ -1,0 +1,170 @@
+"""ANN quantization methods, unified in the spiking representation.
+
+Every method prepares a linear layer the same way: it may transform the layer's input with an
+exactly invertible, non-spiking map ``x -> x'`` (:mod:`~spikemllm_sj.quantization.transforms`)
+and fold the inverse into the weight (``W'``), so that ``x' W'^T = x W^T`` in exact arithmetic.
+The converter then quantizes ``W'`` per output channel and ``x'`` per token (or per calibrated
+tensor) and encodes ``x'``'s integer levels as spikes.
+
+A method is a frozen config class deriving from :class:`QuantMethod` (torchao's config ->
+handler pattern, with the handler as the class's methods). Subclassing registers it under its
+class name, so adding a method is one class in one file, and the converter never grows an
+if-chain; registering a name twice is an error.
+
+* :class:`RTN`: round-to-nearest, no transform.
+* :class:`SmoothQuant`: per-input-channel scales ``s_j = max|X_j|**alpha / max|W_j|**(1-alpha)``
+  from the calibration move outliers from activations to weights (``x' = x / s``, ``W' = W s``).
+* :class:`Hadamard`: an orthonormal Hadamard rotation of the input (``x' = x H``, ``W' = W H``)
+  spreads outlier channels over all channels (online, at every linear input).
+* :class:`QuaRot`: the language model's residual stream rotated once, folded into the weights
+  (:mod:`spikemllm_sj.quantization.rotation`), plus the online rotation of the MLP down-projection
+  input; other layers round to nearest. A model-level method: it rewrites the model before
+  conversion and says which per-layer method each layer gets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar, Optional
+
+import torch
+import torch.nn as nn
+
+from spikemllm_sj.ann2snn.adapters import ModelAdapter
+from spikemllm_sj.quantization.hadamard import hadamard_matrix
+from spikemllm_sj.quantization.rotation import rotate_residual_stream
+from spikemllm_sj.quantization.transforms import ChannelDivide, InputTransform, Rotation
+
+if TYPE_CHECKING:  # the config imports this module
+    from spikemllm_sj.config import SpikeConfig
+
+__all__ = ["QuantMethod", "RTN", "SmoothQuant", "Hadamard", "QuaRot", "METHODS", "method_from_dict"]
+
+METHODS: dict[str, type["QuantMethod"]] = {}
+"""Registered methods by name (the class name)."""
+
+
+@dataclass(frozen=True)
+class QuantMethod:
+    """Base of the quantization methods: what the converter asks a method.
+
+    Class attributes a method sets:
+
+    :cvar needs_calibration: ``convert`` needs a calibration (e.g. SmoothQuant's channel ranges).
+    :cvar supports_static_scales: its inputs can take calibrated static scales (a rotation
+        mixes channels, so per-channel ranges do not bound the rotated input).
+    """
+
+    needs_calibration: ClassVar[bool] = False
+    supports_static_scales: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.__name__ in METHODS:
+            raise ValueError(f"a quantization method named {cls.__name__!r} is already registered")
+        METHODS[cls.__name__] = cls
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__
+
+    def validate(self, config: "SpikeConfig") -> None:
+        """Raise ``ValueError`` when this method cannot run with the rest of ``config``."""
+        if config.act_scales == "static" and not self.supports_static_scales:
+            raise ValueError(
+                f"act_scales='static' is not supported with {self.name}(): a rotation mixes channels, so the "
+                "calibrated per-channel ranges do not bound the rotated input; use act_scales='dynamic'"
+            )
+
+    def rewrite_model(self, model: nn.Module, adapter: ModelAdapter) -> None:
+        """Rewrite ``model`` in place before its layers are converted (default: nothing)."""
+
+    def layer_method(self, path: str, adapter: ModelAdapter) -> "QuantMethod":
+        """The per-layer method of the linear layer at ``path`` (default: this method)."""
+        return self
+
+    def prepare_linear(
+        self, weight: torch.Tensor, channel_absmax: Optional[torch.Tensor]
+    ) -> tuple[torch.Tensor, Optional[InputTransform]]:
+        """``(W', transform)`` for a linear layer of weight ``[out, in]``; ``transform`` maps the
+        input ``[..., in]`` (None: identity). ``channel_absmax`` ``[in]``: the calibrated input
+        range per channel, when a calibration was given."""
+        raise NotImplementedError(f"{self.name} is a model-level method: ask layer_method() for each layer's method")
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, **dataclasses.asdict(self)}
+
+
+def method_from_dict(data: dict) -> QuantMethod:
+    """The method of :meth:`QuantMethod.to_dict`'s output."""
+    if not isinstance(data, dict) or "name" not in data:
+        raise ValueError(f"a method must be a dict with a 'name', got {data!r}")
+    fields = dict(data)
+    name = fields.pop("name")
+    if name not in METHODS:
+        raise ValueError(f"unknown quantization method {name!r}; registered: {sorted(METHODS)}")
+    return METHODS[name](**fields)
+
+
+@dataclass(frozen=True)
+class RTN(QuantMethod):
+    """Round-to-nearest, with the activation scales of ``SpikeConfig.act_scales``."""
+
+    def prepare_linear(self, weight, channel_absmax):
+        return weight, None
+
+
+@dataclass(frozen=True)
+class SmoothQuant(QuantMethod):
+    """SmoothQuant scale migration (needs a calibration); ``alpha`` in [0, 1] is the share of
+    the activation range moved into the weights."""
+
+    alpha: float = 0.5
+    needs_calibration: ClassVar[bool] = True
+
+    def __post_init__(self):
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1] (a number), got {self.alpha!r}")
+
+    def prepare_linear(self, weight, channel_absmax):
+        if channel_absmax is None:
+            raise ValueError("SmoothQuant needs calibrated per-channel activation ranges: pass calibration=calibrate(...)")
+        w_absmax = weight.detach().abs().amax(0).float()
+        a, w = channel_absmax.float().clamp_min(1e-5), w_absmax.clamp_min(1e-5)
+        s = (a.pow(self.alpha) / w.pow(1.0 - self.alpha)).clamp_min(1e-5)
+        return weight * s.to(weight.dtype), ChannelDivide(s)
+
+
+@dataclass(frozen=True)
+class Hadamard(QuantMethod):
+    """Online Hadamard rotation of every spike-coded linear input."""
+
+    supports_static_scales: ClassVar[bool] = False
+
+    def prepare_linear(self, weight, channel_absmax):
+        r = hadamard_matrix(weight.shape[1]).to(weight.device)
+        return (weight.double() @ r).to(weight.dtype), Rotation(r.to(weight.dtype))
+
+
+@dataclass(frozen=True)
+class QuaRot(QuantMethod):
+    """Residual-stream rotation folded into the weights plus online down-projection rotation."""
+
+    supports_static_scales: ClassVar[bool] = False
+
+    def validate(self, config):
+        super().validate(config)
+        if config.weight_method == "gptq":
+            raise ValueError(
+                "weight_method='gptq' is not supported with QuaRot(): the calibration's Hessians are those "
+                "of the unrotated model"
+            )
+
+    def rewrite_model(self, model, adapter):
+        rotate_residual_stream(model, adapter)
+
+    def layer_method(self, path, adapter):
+        # The residual stream is rotated already; the down-projection input rotates online.
+        is_down = path.startswith(f"{adapter.language_model}.") and path.endswith(".mlp.down_proj")
+        return Hadamard() if is_down else RTN()
