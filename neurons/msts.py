@@ -12,6 +12,8 @@ token, and a TC-LIF token's padded steps are exactly the high-order steps its ra
 from __future__ import annotations
 
 import enum
+import numbers
+import types
 from dataclasses import dataclass, field
 from typing import Mapping, NamedTuple, Optional, Union
 
@@ -36,13 +38,16 @@ class Modality(enum.IntEnum):
 
     @classmethod
     def parse(cls, key: Union["Modality", int, str]) -> "Modality":
-        try:
-            if isinstance(key, str):
+        """The modality named (``"image"``) or numbered (``1``) by ``key``; a bool or a float is
+        neither (``True`` and ``1.5`` are refused, not read as image)."""
+        names = ", ".join(f"{m.name.lower()}={m.value}" for m in cls)
+        if isinstance(key, str):
+            if key.upper() in cls.__members__:
                 return cls[key.upper()]
-            return cls(int(key))
-        except (KeyError, ValueError, TypeError):
-            names = ", ".join(f"{m.name.lower()}={m.value}" for m in cls)
-            raise ValueError(f"unknown modality {key!r}; accepted: {names}") from None
+        elif isinstance(key, numbers.Integral) and not isinstance(key, bool):
+            if int(key) in cls._value2member_map_:
+                return cls(int(key))
+        raise ValueError(f"unknown modality {key!r}; accepted: {names}")
 
 
 ModalityKey = Union[Modality, int, str]
@@ -74,22 +79,44 @@ class MSTSConfig:
     def __post_init__(self):
         if self.scheme not in SCHEMES:
             raise ValueError(f"scheme must be one of {SCHEMES}, got {self.scheme!r}")
+        if not isinstance(self.signed, bool):
+            raise TypeError(f"signed must be a bool, got {self.signed!r}")
         if self.steps is not None and self.bits is not None:
             raise ValueError("give either steps or bits per modality, not both")
         if self.bits is not None:
-            per_modality, make = self.bits, lambda b: SpikeCode(self.scheme, IntLevels.from_bits(b, self.signed))
+            name, per_modality = "bits", self.bits
+            make = lambda b: SpikeCode(self.scheme, IntLevels.from_bits(b, self.signed))  # noqa: E731
         else:
-            per_modality = DEFAULT_STEPS if self.steps is None else self.steps
+            name, per_modality = "steps", DEFAULT_STEPS if self.steps is None else self.steps
             make = lambda t: SpikeCode.from_steps(self.scheme, t, self.signed)  # noqa: E731
+        if not isinstance(per_modality, Mapping):
+            raise TypeError(f"{name} must be a mapping of modality to {name}, e.g. {DEFAULT_STEPS}, got {per_modality!r}")
         if not per_modality:
             raise ValueError("at least one modality must be configured")
-        codes = {}
+        codes, given = {}, {}
         for key, value in per_modality.items():
             modality = Modality.parse(key)
             if modality in codes:
                 raise ValueError(f"modality {modality.name.lower()} is configured twice")
             codes[modality] = make(value)
-        object.__setattr__(self, "codes", codes)
+            given[modality.name.lower()] = value
+        # A copy the caller's dict cannot change, keyed by modality name.
+        if self.steps is not None or self.bits is not None:
+            object.__setattr__(self, name, types.MappingProxyType(given))
+        object.__setattr__(self, "codes", types.MappingProxyType(codes))
+
+    # Two configurations are equal when they give every modality the same code, however the
+    # steps were stated (steps or bits, names or numbers).
+    def __eq__(self, other):
+        return self.codes == other.codes if isinstance(other, MSTSConfig) else NotImplemented
+
+    def __hash__(self):
+        return hash(tuple(sorted(self.codes.items())))
+
+    def __repr__(self):
+        stated = {"steps": self.steps, "bits": self.bits}
+        given = ", ".join(f"{k}={dict(v)!r}" for k, v in stated.items() if v is not None)
+        return f"MSTSConfig({given + ', ' if given else ''}scheme={self.scheme!r}, signed={self.signed})"
 
     @property
     def leak(self) -> int:

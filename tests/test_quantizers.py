@@ -127,3 +127,36 @@ def test_quarot_configuration_limits():
     with pytest.raises(ValueError, match="gptq' is not supported with QuaRot"):
         SpikeConfig(method=QuaRot(), weight_method="gptq")
     assert SpikeConfig.from_dict(SpikeConfig(method=QuaRot()).to_dict()).method == QuaRot()
+
+
+def test_a_method_is_one_registered_class_that_the_config_and_the_converter_ask():
+    from dataclasses import dataclass
+    from typing import ClassVar
+
+    from spikemllm_sj.quantization.methods import METHODS, QuantMethod
+    from spikemllm_sj.quantization.transforms import ChannelDivide
+
+    @dataclass(frozen=True)
+    class HalfGain(QuantMethod):  # x' = x / 2, W' = 2 W: exactly invertible
+        needs_calibration: ClassVar[bool] = True
+
+        def prepare_linear(self, weight, channel_absmax):
+            return weight * 2, ChannelDivide(torch.full((weight.shape[1],), 2.0))
+
+    try:
+        config = SpikeConfig(method=HalfGain())
+        assert config.needs_calibration and SpikeConfig.from_dict(config.to_dict()) == config
+        model = build_tiny_model("tiny-llava")
+        batch = tiny_batch(model, batch_size=2)
+        snn = convert(model, config, calibration=calibrate(model, [batch], config, progress=False))
+        site = snn.get_submodule("model.language_model.layers.0.mlp.up_proj")
+        assert isinstance(site.transform, ChannelDivide) and torch.equal(site.transform.s, torch.full((64,), 2.0))
+        with pytest.raises(ValueError, match="already registered"):
+
+            @dataclass(frozen=True)
+            class HalfGain(QuantMethod):  # noqa: F811 (the same name again)
+                pass
+    finally:
+        METHODS.pop("HalfGain")
+    with pytest.raises(ValueError, match="unknown quantization method 'HalfGain'"):
+        SpikeConfig.from_dict(config.to_dict())
