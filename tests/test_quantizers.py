@@ -91,13 +91,16 @@ def test_method_survives_the_config_dict():
 @pytest.mark.parametrize("name", ["tiny-qwen2-vl", "tiny-internvl", "tiny-llava-onevision"])
 def test_quarot_residual_rotation_keeps_the_function(name):
     from spikemllm_sj.ann2snn.adapters import adapter_for
+    from spikemllm_sj.ann2snn.journal import Journal
     from spikemllm_sj.quantization.rotation import rotate_residual_stream
 
     model = build_tiny_model(name, dtype=torch.float64)
     batch = tiny_batch(model, batch_size=2)
     with torch.no_grad():
         before = model(**batch).logits
-        rotate_residual_stream(model, adapter_for(model))
+        journal = Journal("memory")
+        rotate_residual_stream(model, adapter_for(model), journal)
+        journal.commit()
         after = model(**batch).logits
     # RMSNorm computes in float32 inside transformers: agreement to float32 rounding.
     torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)

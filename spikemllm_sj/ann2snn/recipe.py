@@ -14,7 +14,8 @@ model knowledge, through the family's :class:`~spikemllm_sj.ann2snn.adapters.Mod
 
 Everything that can be checked is checked before the first change; the layers are then swapped one
 at a time, each float weight released as its integer copy takes its place (never two copies of the
-model's weights).
+model's weights in memory), every change recorded in a rollback journal
+(:mod:`~spikemllm_sj.ann2snn.journal`) that puts the model back as it was if anything fails.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import collections
 import functools
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 import torch
@@ -30,17 +32,19 @@ from spikingjelly.activation_based.ann2snn import ModuleConverter
 from spikingjelly.activation_based.ann2snn.recipes import ModuleConversionRecipe
 from torch.utils.hooks import RemovableHandle
 from tqdm.auto import tqdm
+from transformers import PretrainedConfig
 
 from spikemllm_sj.ann2snn.adapters import ModelAdapter, adapter_for
 from spikemllm_sj.ann2snn.attention import SpikeAttention
 from spikemllm_sj.ann2snn.attention_interface import ATTN_IMPLEMENTATION, register_attention
 from spikemllm_sj.ann2snn.calibration import Calibration
+from spikemllm_sj.ann2snn.journal import ROLLBACKS, Journal, Rollback
 from spikemllm_sj.ann2snn.linear import SpikeLinear
-from spikemllm_sj.ann2snn.modalities import FixedModality, LastTokens, TokenModalities, modality_ids
+from spikemllm_sj.ann2snn.modalities import FixedModality, LastTokens, ModalitySource, TokenModalities, modality_ids
 from spikemllm_sj.ann2snn.preconditions import require_eval_mode
 from spikemllm_sj.ann2snn.sites import MODES, Mode, SpikeSite
 from spikemllm_sj.config import SpikeConfig
-from spikemllm_sj.neurons import Modality
+from spikemllm_sj.neurons import Modality, check_finite
 
 __all__ = ["SpikeState", "SpikeMLLMRecipe", "convert", "set_mode", "spike_state"]
 
@@ -85,12 +89,37 @@ def _set_token_modalities(visual_ids: dict[Modality, int], modalities: TokenModa
     modalities.ids = ids
 
 
-class SpikeMLLMRecipe(ModuleConversionRecipe):
-    """SpikingJelly conversion recipe for the supported MLLMs (see the module docstring)."""
+@dataclass(frozen=True)
+class _Site:
+    """A module to convert: a linear layer, or an attention module (its two matmuls)."""
 
-    def __init__(self, config: SpikeConfig, calibration: Optional[Calibration] = None, progress: bool = False):
+    path: str
+    module: nn.Module
+    parent: nn.Module
+    attr: str
+    source: ModalitySource
+
+
+class SpikeMLLMRecipe(ModuleConversionRecipe):
+    """SpikingJelly conversion recipe for the supported MLLMs (see the module docstring).
+
+    :param rollback: where the float weights wait until the conversion commits
+        (:class:`~spikemllm_sj.ann2snn.journal.Journal`): ``"disk"`` or ``"memory"``.
+    :param rollback_dir: parent folder of the disk journal (default: the system's temporary folder).
+    """
+
+    def __init__(
+        self,
+        config: SpikeConfig,
+        calibration: Optional[Calibration] = None,
+        progress: bool = False,
+        rollback: Rollback = "disk",
+        rollback_dir: Optional[str | Path] = None,
+    ):
         if not isinstance(config, SpikeConfig):
             raise TypeError(f"config must be a SpikeConfig, got {type(config).__name__}")
+        if calibration is not None and not isinstance(calibration, Calibration):
+            raise TypeError(f"calibration must be a Calibration (from calibrate), got {type(calibration).__name__}")
         needs_calibration = config.needs_calibration
         if needs_calibration and calibration is None:
             raise ValueError(
@@ -101,9 +130,13 @@ class SpikeMLLMRecipe(ModuleConversionRecipe):
             raise ValueError(
                 "a calibration was given but nothing would use it: use act_scales='static', SmoothQuant or GPTQ"
             )
+        if rollback not in ROLLBACKS:
+            raise ValueError(f"rollback must be one of {ROLLBACKS}, got {rollback!r}")
         self.config = config
         self.calibration = calibration
         self.progress = progress
+        self.rollback = rollback
+        self.rollback_dir = rollback_dir
 
     def convert_module(self, converter: ModuleConverter, model: nn.Module) -> nn.Module:
         adapter = adapter_for(model)
@@ -111,50 +144,26 @@ class SpikeMLLMRecipe(ModuleConversionRecipe):
             raise ValueError("the model is already converted")
         require_eval_mode(model, "converting")
         visual_ids = adapter.visual_token_ids(model)
-        cfg = self.config
         modalities = TokenModalities()
         sites = self._plan(model, adapter, modalities)
-        # Everything that can fail is checked before the first swap, so a failure leaves the
-        # model as it was; the swaps then go one layer at a time, each float weight released as
-        # its integer copy takes its place (never two copies of the model's weights).
-        offloaded = [path for path, module, *_ in sites if any(p.is_meta for p in module.parameters(recurse=False))]
-        if offloaded:
-            raise ValueError(
-                f"{len(offloaded)} layers have weights on the meta device (offloaded by accelerate, e.g. "
-                f"{offloaded[0]}); converting offloaded weights is not supported: load the model with a "
-                "device_map that keeps every layer on a device (CPU or GPU)"
+        self._check(model, adapter, sites)
+        journal = Journal(self.rollback, self.rollback_dir)
+        try:
+            self._swap(model, adapter, sites, journal)
+            hook = model.register_forward_pre_hook(
+                functools.partial(_set_token_modalities, visual_ids, modalities), with_kwargs=True
             )
-        if self.calibration is not None:
-            for path, module, *_ in sites:
-                if isinstance(module, nn.Linear):
-                    self.calibration.channel_absmax_of(path)  # raises for a layer it never saw
-                    if cfg.weight_method == "gptq" and path not in self.calibration.hessians:
-                        raise ValueError(
-                            f"the calibration has no input Hessian for {path}: calibrate with "
-                            "SpikeConfig(weight_method='gptq')"
-                        )
-        # Weights that another module shares (tied embeddings) must outlive their linear layer.
-        uses = collections.Counter(id(p) for _, p in model.named_parameters(remove_duplicate=False))
-        cfg.method.rewrite_model(model, adapter)
-        register_attention()
-        for path, module, parent, attr, source in tqdm(sites, desc="convert", unit="layer", disable=not self.progress):
-            if isinstance(module, nn.Linear):
-                setattr(parent, attr, self._spike_linear(path, module, source, cfg.method.layer_method(path, adapter)))
-                if uses[id(module.weight)] == 1:
-                    # Release the float weight now: the converter still references the old module.
-                    module.weight.data = module.weight.data.new_empty(0)
-            else:
-                module.spike_attention = SpikeAttention(cfg.msts, cfg.kv_levels, cfg.prob_code.levels, source)
-        model.set_attn_implementation(ATTN_IMPLEMENTATION)
-        hook = model.register_forward_pre_hook(
-            functools.partial(_set_token_modalities, visual_ids, modalities), with_kwargs=True
-        )
-        setattr(model, _STATE_ATTR, SpikeState(cfg, adapter, modalities, hook))
+            journal.on_rollback(hook.remove)
+            journal.setattr(model, _STATE_ATTR, SpikeState(self.config, adapter, modalities, hook))
+        except BaseException:
+            # Whatever failed (a layer, the rotation, an interrupt): the model is put back as it was.
+            journal.rollback()
+            raise
+        journal.commit()
         return model
 
-    def _plan(self, model: nn.Module, adapter: ModelAdapter, modalities: TokenModalities) -> list[tuple]:
-        """``(path, module, parent, attribute, modality source)`` of every linear layer and
-        attention module to convert."""
+    def _plan(self, model: nn.Module, adapter: ModelAdapter, modalities: TokenModalities) -> list[_Site]:
+        """Every linear layer and attention module to convert, in model order."""
         sites = []
         for path, fixed in adapter.converted_sections(self.config.convert_lm_head):
             if fixed is not None:
@@ -165,20 +174,87 @@ class SpikeMLLMRecipe(ModuleConversionRecipe):
                 if isinstance(module, nn.Linear) or _is_attention(module):
                     full = f"{path}.{name}" if name else path
                     parent_name, _, attr = full.rpartition(".")
-                    sites.append((full, module, model.get_submodule(parent_name), attr, source))
+                    sites.append(_Site(full, module, model.get_submodule(parent_name), attr, source))
         return sites
 
-    def _spike_linear(self, path: str, linear: nn.Linear, source, method) -> SpikeLinear:
+    def _check(self, model: nn.Module, adapter: ModelAdapter, sites: list[_Site]) -> None:
+        """Everything that can fail, checked before the first change to the model."""
+        linears = [s for s in sites if isinstance(s.module, nn.Linear)]
+        offloaded = [s.path for s in linears if any(p.is_meta for p in s.module.parameters(recurse=False))]
+        if offloaded:
+            raise ValueError(
+                f"{len(offloaded)} layers have weights on the meta device (offloaded by accelerate, e.g. "
+                f"{offloaded[0]}); converting offloaded weights is not supported: load the model with a "
+                "device_map that keeps every layer on a device (CPU or GPU)"
+            )
+        for site in linears:
+            for name, param in site.module.named_parameters(recurse=False):
+                check_finite(param.detach(), f"{site.path}.{name}")
+            if self.calibration is not None:
+                self._check_calibration(site)
+        self.config.method.check_model(model, adapter)
+
+    def _check_calibration(self, site: _Site) -> None:
+        cfg, linear = self.config, site.module
+        for modality, ranges in self.calibration.channel_absmax_of(site.path).items():
+            name = f"the calibration's {modality.name.lower()} input ranges of {site.path}"
+            if tuple(ranges.shape) != (linear.in_features,):
+                raise ValueError(f"{name} have shape {tuple(ranges.shape)}, the layer has {linear.in_features} inputs")
+            check_finite(ranges, name)
+            if (ranges < 0).any() or (cfg.act_scales == "static" and not (ranges > 0).any()):
+                raise ValueError(f"{name} must be >= 0 with a positive maximum for static scales, got max {float(ranges.max())}")
+        if cfg.weight_method == "gptq":
+            hessian = self.calibration.hessians.get(site.path)
+            if hessian is None:
+                raise ValueError(f"the calibration has no input Hessian for {site.path}: calibrate with SpikeConfig(weight_method='gptq')")
+            n = linear.in_features
+            if tuple(hessian.shape) != (n, n):
+                raise ValueError(f"the calibration's Hessian of {site.path} is {list(hessian.shape)}, the layer needs [{n}, {n}]")
+            check_finite(hessian, f"the calibration's Hessian of {site.path}")
+
+    def _swap(self, model: nn.Module, adapter: ModelAdapter, sites: list[_Site], journal: Journal) -> None:
+        """Rewrite the model (the method's model-level part) and swap in every spike-driven site,
+        each change through ``journal``."""
         cfg = self.config
+        # Weights that another module shares (tied embeddings) must outlive their linear layer.
+        uses = collections.Counter(id(p) for _, p in model.named_parameters(remove_duplicate=False))
+        cfg.method.rewrite_model(model, adapter, journal)
+        register_attention()
+        for site in tqdm(sites, desc="convert", unit="layer", disable=not self.progress):
+            if isinstance(site.module, nn.Linear):
+                method = cfg.method.layer_method(site.path, adapter)
+                journal.setattr(site.parent, site.attr, self._spike_linear(site, method).train(False))
+                if uses[id(site.module.weight)] == 1:
+                    journal.release(site.module.weight)  # the converter still references the old module
+            else:
+                attention = SpikeAttention(cfg.msts, cfg.kv_levels, cfg.prob_code.levels, site.source)
+                journal.setattr(site.module, "spike_attention", attention.train(False))
+        implementations = [(c, c._attn_implementation_internal) for c in _configs(model)]
+        journal.on_rollback(lambda: [setattr(c, "_attn_implementation_internal", v) for c, v in implementations])
+        model.set_attn_implementation(ATTN_IMPLEMENTATION)
+
+    def _spike_linear(self, site: _Site, method) -> SpikeLinear:
+        cfg, linear = self.config, site.module
         ranges = None if self.calibration is None else {
-            m: r.to(linear.weight.device) for m, r in self.calibration.channel_absmax_of(path).items()
+            m: r.to(linear.weight.device) for m, r in self.calibration.channel_absmax_of(site.path).items()
         }
         all_ranges = None if ranges is None else torch.stack(list(ranges.values())).amax(0)
-        hessian = self.calibration.hessians[path].to(linear.weight.device) if cfg.weight_method == "gptq" else None
-        site = SpikeLinear(linear, cfg.msts, cfg.weight_levels, source, method, all_ranges, hessian)
+        hessian = self.calibration.hessians[site.path].to(linear.weight.device) if cfg.weight_method == "gptq" else None
+        spike = SpikeLinear(linear, cfg.msts, cfg.weight_levels, site.source, method, all_ranges, hessian)
         if cfg.act_scales == "static":
-            site.set_static_ranges(ranges)
-        return site
+            spike.set_static_ranges(ranges)
+        return spike
+
+
+def _configs(model: nn.Module) -> list[PretrainedConfig]:
+    """Every ``transformers`` config of ``model`` and its submodels, sub-configs included."""
+    found, queue = {}, [m.config for m in model.modules() if isinstance(getattr(m, "config", None), PretrainedConfig)]
+    while queue:
+        config = queue.pop()
+        if id(config) not in found:
+            found[id(config)] = config
+            queue += [getattr(config, key) for key in config.sub_configs if getattr(config, key, None) is not None]
+    return list(found.values())
 
 
 def convert(
@@ -186,14 +262,25 @@ def convert(
     config: Optional[SpikeConfig] = None,
     calibration: Optional[Calibration] = None,
     progress: bool = False,
+    rollback: Rollback = "disk",
+    rollback_dir: Optional[str | Path] = None,
 ) -> nn.Module:
     """Make ``model`` spike-driven in place and return it (see the module docstring).
+
+    Atomic: everything that can be checked is checked before the first change, and if anything
+    fails during the swaps (or the conversion is interrupted) the model is put back as it was,
+    ``state_dict()`` and forward bit-identical. The float weights released along the way wait in
+    a journal until the end: on disk by default (the model's size in a temporary folder, no
+    memory), or in host memory with ``rollback="memory"``.
 
     :param calibration: from :func:`~spikemllm_sj.ann2snn.calibration.calibrate`, required by (and only
         by) configurations that need one (``SpikeConfig.needs_calibration``).
     :param progress: a progress bar over the layers swapped.
+    :param rollback: ``"disk"`` or ``"memory"`` (see above).
+    :param rollback_dir: parent folder of the disk journal (default: the system's temporary folder).
     """
-    return ModuleConverter(SpikeMLLMRecipe(config or SpikeConfig(), calibration, progress)).convert(model)
+    recipe = SpikeMLLMRecipe(config or SpikeConfig(), calibration, progress, rollback, rollback_dir)
+    return ModuleConverter(recipe).convert(model)
 
 
 def set_mode(model: nn.Module, mode: Mode) -> None:

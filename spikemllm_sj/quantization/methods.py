@@ -32,8 +32,9 @@ import torch
 import torch.nn as nn
 
 from spikemllm_sj.ann2snn.adapters import ModelAdapter
+from spikemllm_sj.ann2snn.journal import Journal
 from spikemllm_sj.quantization.hadamard import hadamard_matrix
-from spikemllm_sj.quantization.rotation import rotate_residual_stream
+from spikemllm_sj.quantization.rotation import check_residual_stream, rotate_residual_stream
 from spikemllm_sj.quantization.transforms import ChannelDivide, InputTransform, Rotation
 
 if TYPE_CHECKING:  # the config imports this module
@@ -77,8 +78,13 @@ class QuantMethod:
                 "calibrated per-channel ranges do not bound the rotated input; use act_scales='dynamic'"
             )
 
-    def rewrite_model(self, model: nn.Module, adapter: ModelAdapter) -> None:
-        """Rewrite ``model`` in place before its layers are converted (default: nothing)."""
+    def check_model(self, model: nn.Module, adapter: ModelAdapter) -> None:
+        """Raise ``ValueError`` when :meth:`rewrite_model` could not rewrite ``model`` (called
+        before the conversion changes anything; default: nothing to check)."""
+
+    def rewrite_model(self, model: nn.Module, adapter: ModelAdapter, journal: Journal) -> None:
+        """Rewrite ``model`` in place before its layers are converted, every change through
+        ``journal`` (so that a failed conversion undoes it); default: nothing."""
 
     def layer_method(self, path: str, adapter: ModelAdapter) -> "QuantMethod":
         """The per-layer method of the linear layer at ``path`` (default: this method)."""
@@ -161,8 +167,11 @@ class QuaRot(QuantMethod):
                 "of the unrotated model"
             )
 
-    def rewrite_model(self, model, adapter):
-        rotate_residual_stream(model, adapter)
+    def check_model(self, model, adapter):
+        check_residual_stream(model, adapter)
+
+    def rewrite_model(self, model, adapter, journal):
+        rotate_residual_stream(model, adapter, journal)
 
     def layer_method(self, path, adapter):
         # The residual stream is rotated already; the down-projection input rotates online.

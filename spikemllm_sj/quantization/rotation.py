@@ -14,65 +14,94 @@ Supported language models: pre-norm decoders with RMSNorm gains multiplying the 
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn as nn
 
 from spikemllm_sj.ann2snn.adapters import ModelAdapter
+from spikemllm_sj.ann2snn.journal import Journal
 from spikemllm_sj.quantization.hadamard import hadamard_matrix
 
-__all__ = ["rotate_residual_stream"]
+__all__ = ["check_residual_stream", "rotate_residual_stream"]
 
 _READERS = (("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
             ("post_attention_layernorm", ("mlp.gate_proj", "mlp.up_proj")))
 _WRITERS = ("self_attn.o_proj", "mlp.down_proj")
+_LAYER_MODULES = (*(norm for norm, _ in _READERS), *(r for _, readers in _READERS for r in readers), *_WRITERS)
+_ROWS = 4096  # rows multiplied at a time: float64 temporaries stay small for large embeddings
 
 
-def _set(param: nn.Parameter, value: torch.Tensor) -> None:
-    param.data = value.to(dtype=param.dtype, device=param.device)
+def _times(weight: torch.Tensor, q: torch.Tensor, gain: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``(weight * gain) @ q`` for ``weight`` ``[rows, n]`` in float64, row block by row block, as
+    ``weight``'s dtype."""
+    out = torch.empty_like(weight)
+    for start in range(0, weight.shape[0], _ROWS):
+        block = weight[start : start + _ROWS].double()
+        if gain is not None:
+            block = block * gain
+        out[start : start + _ROWS] = (block @ q).to(weight.dtype)
+    return out
 
 
-def _fold_norm(norm: nn.Module, readers: list[nn.Linear]) -> None:
-    gain = norm.weight.detach().double()
-    for linear in readers:
-        _set(linear.weight, linear.weight.double() * gain)
-    _set(norm.weight, torch.ones_like(gain))
+def _read(journal: Journal, linear: nn.Linear, q: torch.Tensor, gain: torch.Tensor) -> None:
+    # input (x / g) Q: W' = (W diag(g)) Q, so that (x / g) Q Q^T diag(g) W^T = x W^T.
+    journal.assign(linear.weight, _times(linear.weight.detach(), q, gain))
 
 
-def _read(linear: nn.Linear, q: torch.Tensor) -> None:
-    _set(linear.weight, linear.weight.double() @ q)  # input x Q: W' = W Q (x Q Q^T W^T = x W^T)
-
-
-def _write(linear: nn.Linear, q: torch.Tensor) -> None:
-    _set(linear.weight, q.T @ linear.weight.double())  # output y Q: W' = Q^T W
+def _write(journal: Journal, linear: nn.Linear, q: torch.Tensor) -> None:
+    # output y Q: W' = Q^T W, computed as (W^T Q)^T.
+    journal.assign(linear.weight, _times(linear.weight.detach().T, q).T.contiguous())
     if linear.bias is not None:
-        _set(linear.bias, linear.bias.double() @ q)
+        journal.assign(linear.bias, _times(linear.bias.detach()[None], q)[0])
 
 
-def rotate_residual_stream(model: nn.Module, adapter: ModelAdapter) -> None:
-    """Rotate ``model``'s language-model residual stream in place (see the module docstring)."""
+def check_residual_stream(model: nn.Module, adapter: ModelAdapter) -> None:
+    """Raise unless ``model``'s language model has the pre-norm decoder shape the rotation folds
+    into: per layer the norms, q/k/v, o, gate/up/down; a final norm; every norm with a gain."""
     if adapter.projector_out is None and adapter.vision is not None:
         raise ValueError(f"{adapter.model_class}: the adapter does not name the projector's output layer")
+    lm = model.get_submodule(adapter.language_model)
+    for i, layer in enumerate(lm.layers):
+        for name in _LAYER_MODULES:
+            try:
+                module = layer.get_submodule(name)
+            except AttributeError:
+                raise ValueError(f"QuaRot: decoder layer {i} of {adapter.language_model} has no {name}") from None
+            if name.endswith("layernorm") and not isinstance(getattr(module, "weight", None), torch.Tensor):
+                raise ValueError(f"QuaRot: {adapter.language_model}.layers.{i}.{name} has no gain to fold")
+    if not isinstance(getattr(getattr(lm, "norm", None), "weight", None), torch.Tensor):
+        raise ValueError(f"QuaRot: {adapter.language_model} has no final norm with a gain")
+
+
+def rotate_residual_stream(model: nn.Module, adapter: ModelAdapter, journal: Journal) -> None:
+    """Rotate ``model``'s language-model residual stream in place (see the module docstring), every
+    change through ``journal``."""
     lm = model.get_submodule(adapter.language_model)
     embed = lm.get_input_embeddings()
     head = model.get_submodule(adapter.lm_head)
     q = hadamard_matrix(embed.weight.shape[1]).to(embed.weight.device)
     with torch.no_grad():
-        if head.weight is embed.weight:
-            # Folding the final norm's gain into the head unties it from the embeddings.
-            head.weight = nn.Parameter(head.weight.detach().clone(), requires_grad=False)
         for layer in lm.layers:
             for norm_name, reader_names in _READERS:
-                readers = [layer.get_submodule(name) for name in reader_names]
-                _fold_norm(layer.get_submodule(norm_name), readers)
-                for linear in readers:
-                    _read(linear, q)
+                norm = layer.get_submodule(norm_name)
+                gain = norm.weight.detach().double()
+                for name in reader_names:
+                    _read(journal, layer.get_submodule(name), q, gain)
+                journal.assign(norm.weight, torch.ones_like(norm.weight))
             for name in _WRITERS:
-                _write(layer.get_submodule(name), q)
-        _fold_norm(lm.norm, [head])
-        _read(head, q)
-        _set(embed.weight, embed.weight.double() @ q)
+                _write(journal, layer.get_submodule(name), q)
+        # The head first: while tied, its weight is still the unrotated embedding.
+        head_weight = _times(head.weight.detach(), q, lm.norm.weight.detach().double())
+        if head.weight is embed.weight:
+            # Folding the final norm's gain into the head unties it from the embeddings.
+            journal.setattr(head, "weight", nn.Parameter(head_weight, requires_grad=False))
+        else:
+            journal.assign(head.weight, head_weight)
+        journal.assign(lm.norm.weight, torch.ones_like(lm.norm.weight))
+        journal.assign(embed.weight, _times(embed.weight.detach(), q))
         if adapter.projector_out is not None:
-            _write(model.get_submodule(adapter.projector_out), q)
+            _write(journal, model.get_submodule(adapter.projector_out), q)
         for path in adapter.residual_vectors:
             vector = model.get_parameter(path)
-            _set(vector, vector.double() @ q)
+            journal.assign(vector, _times(vector.detach().reshape(1, -1), q).reshape(vector.shape))
