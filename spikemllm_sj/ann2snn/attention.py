@@ -10,7 +10,7 @@ import torch.nn as nn
 from spikemllm_sj.ann2snn.modalities import ModalitySource
 from spikemllm_sj.ann2snn.sites import MSTSSite, SpikeSite
 from spikemllm_sj.ann2snn.spike_ops import exact_dtype, spike_matmul
-from spikemllm_sj.neurons import IntLevels, MSTSConfig, TCLIFNode, absmax_scale, quantize, scale_from_absmax
+from spikemllm_sj.neurons import IntLevels, MSTSConfig, TCLIFNode, absmax_scale, quantize
 
 __all__ = ["SpikeScores", "SpikeContext", "SpikeAttention"]
 
@@ -41,9 +41,18 @@ class SpikeScores(MSTSSite):
 
 
 class SpikeContext(SpikeSite):
-    """Attention context ``probs @ value`` with the probabilities as binary TC-LIF spikes
-    (unsigned levels, fixed scale ``1 / qmax``) and the values as integer levels (per channel and
-    head): ``[B, H, L, S] x [B, H, S, d] -> [B, H, L, d]``."""
+    """Attention context ``probs @ value`` with the probabilities as binary TC-LIF spikes and the
+    values as integer levels: ``[B, H, L, S] x [B, H, S, d] -> [B, H, L, d]``.
+
+    Scales, all causal (a query row's output depends only on the positions it attends to, so a
+    row is the same alone, left-padded in a batch, as the prefix of a longer input, and with a KV
+    cache): values per token and head (their outliers are per token, KIVI), and each token's value
+    scale ``v_s`` folded into its probability, ``p'_ls = p_ls * v_s``, so that ``P V`` stays one
+    integer accumulation ``sum_s q(p'_ls) * q(v_sd)``; the folded probabilities are unsigned
+    levels with a per-row scale ``max_s p'_ls / qmax`` (masked positions have ``p = 0`` and take
+    no part). A per-channel value scale over all positions, as before, was acausal: it saw padding
+    and later tokens.
+    """
 
     kind = "attention.pv"
 
@@ -52,21 +61,23 @@ class SpikeContext(SpikeSite):
         if prob_levels.signed:
             raise ValueError("prob_levels must be unsigned (probabilities are non-negative)")
         self.kv_levels = kv_levels
-        self.prob = TCLIFNode(prob_levels.levels, signed=False, scale=1.0 / prob_levels.qmax)
+        self.prob = TCLIFNode(prob_levels.levels, signed=False)
 
     def forward(self, probs: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-        v_scale = scale_from_absmax(value.detach().abs().amax(-2, keepdim=True), self.kv_levels)  # [B, H, 1, d]
+        v_scale = absmax_scale(value, self.kv_levels, "token")  # [B, H, S, 1]
         v_levels = quantize(value, v_scale, self.kv_levels)
+        folded = probs * v_scale.transpose(-1, -2).to(probs.dtype)  # [B, H, L, S]
         code = self.prob.code
+        p_scale = absmax_scale(folded, code.levels, "token")  # [B, H, L, 1]
         dtype = exact_dtype(float(code.levels.qmax) * self.kv_levels.qmax * probs.shape[-1], value.dtype)
         if self.mode == "fake_quant":
-            acc = torch.matmul(quantize(probs, self.prob.scale, code.levels).to(dtype), v_levels.to(dtype))
+            acc = torch.matmul(quantize(folded, p_scale, code.levels).to(dtype), v_levels.to(dtype))
         else:
-            spikes = self.prob.encode(probs)
+            spikes = self.prob.encode(folded, scale=p_scale)
             rows = probs[..., 0].numel()
             self.activity.add(self.prob.statistics(spikes), {"probabilities": (rows, rows * code.steps)})
             acc = spike_matmul(spikes.to(dtype), v_levels.to(dtype), code.leak)
-        return (acc * self.prob.scale.to(dtype) * v_scale.to(dtype)).to(value.dtype)
+        return (acc * p_scale.to(dtype)).to(value.dtype)
 
     def extra_repr(self) -> str:
         return f"kv_bits={self.kv_levels.bits}, prob_bits={self.prob.code.levels.bits}, mode={self.mode}"
