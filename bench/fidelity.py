@@ -44,9 +44,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from spikemllm_sj import SpikeConfig, calibrate, convert, set_mode
+from spikemllm_sj import SpikeConfig, calibrate, convert, set_mode, set_msts
 from spikemllm_sj.data import easyvqa as ev
-from spikemllm_sj.med import set_msts
 from spikemllm_sj.models.easyvqa_llava import VISION_WEIGHTS, load_easyvqa_llava
 from spikemllm_sj.neurons import MSTSConfig
 from spikemllm_sj.quantization.methods import RTN, Hadamard, QuaRot, SmoothQuant

@@ -15,6 +15,8 @@ _LAZY = {
     "SpikeConfig": "spikemllm_sj.config",
     "convert": "spikemllm_sj.ann2snn.recipe",
     "set_mode": "spikemllm_sj.ann2snn.recipe",
+    "set_msts": "spikemllm_sj.ann2snn.recipe",
+    "MSTSPlan": "spikemllm_sj.ann2snn.plan",
     "SpikeMLLMRecipe": "spikemllm_sj.ann2snn.recipe",
     "supported_models": "spikemllm_sj.ann2snn.adapters",
     "calibrate": "spikemllm_sj.ann2snn.calibration",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from spikemllm_sj.ann2snn.plan import MSTSPlan
 from spikemllm_sj.neurons import IntLevels, MSTSConfig, SpikeCode
 from spikemllm_sj.quantization.methods import METHODS, RTN, QuantMethod, method_from_dict
 
@@ -25,6 +26,8 @@ class SpikeConfig:
     Tt), the vision tower and the projector with the image modality's code (Tv).
 
     :param msts: time steps (or bits) per modality and the spike code.
+    :param plan: per-site overrides of ``msts`` (:class:`~spikemllm_sj.ann2snn.plan.MSTSPlan`:
+        steps by layer range, layer type, vision tower, ...); empty: every site uses ``msts``.
     :param weight_bits: symmetric per-output-channel round-to-nearest weight quantization.
     :param kv_bits: keys (per token and head) and values (per channel and head), signed levels,
         the integer operands of the spike-driven attention matmuls.
@@ -43,6 +46,7 @@ class SpikeConfig:
     """
 
     msts: MSTSConfig = field(default_factory=MSTSConfig)
+    plan: MSTSPlan = field(default_factory=MSTSPlan)
     weight_bits: int = 8
     kv_bits: int = 8
     prob_bits: int = 8
@@ -54,6 +58,8 @@ class SpikeConfig:
     def __post_init__(self):
         if not isinstance(self.msts, MSTSConfig):
             raise TypeError(f"msts must be an MSTSConfig, got {type(self.msts).__name__}")
+        if not isinstance(self.plan, MSTSPlan):
+            raise TypeError(f"plan must be an MSTSPlan, got {type(self.plan).__name__}")
         _check_bits("weight_bits", self.weight_bits, 2, 16)
         _check_bits("kv_bits", self.kv_bits, 2, 16)
         _check_bits("prob_bits", self.prob_bits, 1, 16)
@@ -78,6 +84,7 @@ class SpikeConfig:
                 "scheme": self.msts.scheme,
                 "signed": self.msts.signed,
             },
+            "plan": self.plan.to_list(),
             "weight_bits": self.weight_bits,
             "kv_bits": self.kv_bits,
             "prob_bits": self.prob_bits,
@@ -95,7 +102,8 @@ class SpikeConfig:
         except KeyError:
             raise ValueError("a SpikeConfig dict needs an 'msts' entry") from None
         method = method_from_dict(data.pop("method", RTN().to_dict()))
-        return cls(msts=msts, method=method, **data)
+        plan = MSTSPlan.from_list(data.pop("plan", []))
+        return cls(msts=msts, plan=plan, method=method, **data)
 
     @property
     def needs_calibration(self) -> bool:

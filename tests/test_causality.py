@@ -4,11 +4,10 @@ of a longer input, and a KV-cached decode equals the full forward."""
 
 import pytest
 import torch
+from conftest import convert_tiny
 
 from spikemllm_sj import SpikeConfig
 from spikemllm_sj.models.tiny import TINY_MODELS, tiny_batch
-
-from conftest import convert_tiny
 
 
 def logits(model, batch):

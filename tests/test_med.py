@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from spikemllm_sj import SpikeConfig, calibrate, convert, op_report
-from spikemllm_sj.ann2snn.recipe import spike_state
+from spikemllm_sj.ann2snn.recipe import set_msts, spike_state
 from spikemllm_sj.ann2snn.serialization import load_spiking, save_spiking
 from spikemllm_sj.ann2snn.sites import MSTSSite
 from spikemllm_sj.commands.cli import main
@@ -21,7 +21,6 @@ from spikemllm_sj.med import (
     explain,
     model_sections,
     schedule,
-    set_msts,
     steps_applied,
 )
 from spikemllm_sj.med.measure import check_modalities

@@ -12,7 +12,10 @@ from spikemllm_sj.ann2snn.sites import MSTSSite, SpikeSite
 from spikemllm_sj.ann2snn.spike_ops import exact_dtype, spike_matmul
 from spikemllm_sj.neurons import IntLevels, MSTSConfig, TCLIFNode, absmax_scale, quantize
 
-__all__ = ["SpikeScores", "SpikeContext", "SpikeAttention"]
+__all__ = ["QUERY_SITE", "SpikeScores", "SpikeContext", "SpikeAttention"]
+
+QUERY_SITE = "spike_attention.qk"
+"""Path of an attention module's query site below the module (``<attention>.spike_attention.qk``)."""
 
 
 class SpikeScores(MSTSSite):

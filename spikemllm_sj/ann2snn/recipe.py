@@ -21,6 +21,7 @@ model's weights in memory), every change recorded in a rollback journal
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,18 +36,19 @@ from tqdm.auto import tqdm
 from transformers import PretrainedConfig
 
 from spikemllm_sj.ann2snn.adapters import ModelAdapter, adapter_for
-from spikemllm_sj.ann2snn.attention import SpikeAttention
+from spikemllm_sj.ann2snn.attention import QUERY_SITE, SpikeAttention, SpikeScores
 from spikemllm_sj.ann2snn.attention_interface import ATTN_IMPLEMENTATION, register_attention
 from spikemllm_sj.ann2snn.calibration import Calibration
 from spikemllm_sj.ann2snn.journal import ROLLBACKS, Journal, Rollback
 from spikemllm_sj.ann2snn.linear import SpikeLinear
 from spikemllm_sj.ann2snn.modalities import FixedModality, LastTokens, ModalitySource, TokenModalities, modality_ids
+from spikemllm_sj.ann2snn.plan import MSTSPlan, SiteRef
 from spikemllm_sj.ann2snn.preconditions import require_eval_mode
-from spikemllm_sj.ann2snn.sites import MODES, Mode, SpikeSite
+from spikemllm_sj.ann2snn.sites import MODES, Mode, MSTSSite, SpikeSite
 from spikemllm_sj.config import SpikeConfig
-from spikemllm_sj.neurons import Modality, check_finite
+from spikemllm_sj.neurons import Modality, MSTSConfig, MSTSEncoder, check_finite
 
-__all__ = ["SpikeState", "SpikeMLLMRecipe", "convert", "set_mode", "spike_state"]
+__all__ = ["SpikeState", "SpikeMLLMRecipe", "convert", "set_mode", "set_msts", "spike_state"]
 
 _STATE_ATTR = "spikemllm_state"
 
@@ -91,13 +93,15 @@ def _set_token_modalities(visual_ids: dict[Modality, int], modalities: TokenModa
 
 @dataclass(frozen=True)
 class _Site:
-    """A module to convert: a linear layer, or an attention module (its two matmuls)."""
+    """A module to convert: a linear layer, or an attention module (its two matmuls), with the
+    steps its spike-coded input gets (the configuration's, or the plan's for this site)."""
 
     path: str
     module: nn.Module
     parent: nn.Module
     attr: str
     source: ModalitySource
+    ref: SiteRef
 
 
 class SpikeMLLMRecipe(ModuleConversionRecipe):
@@ -174,8 +178,13 @@ class SpikeMLLMRecipe(ModuleConversionRecipe):
                 if isinstance(module, nn.Linear) or _is_attention(module):
                     full = f"{path}.{name}" if name else path
                     parent_name, _, attr = full.rpartition(".")
-                    sites.append(_Site(full, module, model.get_submodule(parent_name), attr, source))
+                    ref = SiteRef.of(full, "linear", adapter) if isinstance(module, nn.Linear) else \
+                        SiteRef.of(f"{full}.{QUERY_SITE}", SpikeScores.kind, adapter)
+                    sites.append(_Site(full, module, model.get_submodule(parent_name), attr, source, ref))
         return sites
+
+    def _msts(self, site: _Site) -> MSTSConfig:
+        return self.config.plan.msts_for(site.ref, self.config.msts)
 
     def _check(self, model: nn.Module, adapter: ModelAdapter, sites: list[_Site]) -> None:
         """Everything that can fail, checked before the first change to the model."""
@@ -192,6 +201,7 @@ class SpikeMLLMRecipe(ModuleConversionRecipe):
                 check_finite(param.detach(), f"{site.path}.{name}")
             if self.calibration is not None:
                 self._check_calibration(site)
+        self.config.plan.check([s.ref for s in sites], self.config.msts)
         self.config.method.check_model(model, adapter)
 
     def _check_calibration(self, site: _Site) -> None:
@@ -227,7 +237,7 @@ class SpikeMLLMRecipe(ModuleConversionRecipe):
                 if uses[id(site.module.weight)] == 1:
                     journal.release(site.module.weight)  # the converter still references the old module
             else:
-                attention = SpikeAttention(cfg.msts, cfg.kv_levels, cfg.prob_code.levels, site.source)
+                attention = SpikeAttention(self._msts(site), cfg.kv_levels, cfg.prob_code.levels, site.source)
                 journal.setattr(site.module, "spike_attention", attention.train(False))
         implementations = [(c, c._attn_implementation_internal) for c in _configs(model)]
         journal.on_rollback(lambda: [setattr(c, "_attn_implementation_internal", v) for c, v in implementations])
@@ -240,7 +250,7 @@ class SpikeMLLMRecipe(ModuleConversionRecipe):
         }
         all_ranges = None if ranges is None else torch.stack(list(ranges.values())).amax(0)
         hessian = self.calibration.hessians[site.path].to(linear.weight.device) if cfg.weight_method == "gptq" else None
-        spike = SpikeLinear(linear, cfg.msts, cfg.weight_levels, site.source, method, all_ranges, hessian)
+        spike = SpikeLinear(linear, self._msts(site), cfg.weight_levels, site.source, method, all_ranges, hessian)
         if cfg.act_scales == "static":
             spike.set_static_ranges(ranges)
         return spike
@@ -281,6 +291,25 @@ def convert(
     """
     recipe = SpikeMLLMRecipe(config or SpikeConfig(), calibration, progress, rollback, rollback_dir)
     return ModuleConverter(recipe).convert(model)
+
+
+def set_msts(model: nn.Module, msts: Optional[MSTSConfig] = None, plan: Optional[MSTSPlan] = None) -> None:
+    """Give converted ``model`` the time steps of ``msts`` and ``plan`` (either may be left out: it
+    keeps the model's), as ``convert`` with them would: integer weights, static scales and input
+    transforms do not depend on the steps, so a new encoder per site is the same as converting
+    again, bit for bit. The model's ``SpikeConfig`` is updated, so a saved model keeps them."""
+    state = spike_state(model)
+    config = dataclasses.replace(
+        state.config,
+        msts=state.config.msts if msts is None else msts,
+        plan=state.config.plan if plan is None else plan,
+    )  # validates msts and plan
+    sites = {name: m for name, m in model.named_modules() if isinstance(m, MSTSSite)}
+    refs = {name: SiteRef.of(name, m.kind, state.adapter) for name, m in sites.items()}
+    config.plan.check(list(refs.values()), config.msts)
+    for name, site in sites.items():
+        site.encoder = MSTSEncoder(config.plan.msts_for(refs[name], config.msts))
+    state.config = config
 
 
 def set_mode(model: nn.Module, mode: Mode) -> None:

@@ -8,7 +8,7 @@ group) and ``explain`` says why; ``plots`` draws the figures; ``spikemllm med`` 
 
 from spikemllm_sj.med.analysis import MEDConfig, MEDStudy, SensitivityEntry, analyze, compare, scheduled_config
 from spikemllm_sj.med.schedule import Candidate, Schedule, SensitivityTable, explain, schedule
-from spikemllm_sj.med.steps import ALL, VISION, model_sections, set_msts, steps_applied
+from spikemllm_sj.med.steps import ALL, VISION, model_sections, plan_config, steps_applied
 
 __all__ = [
     "ALL",
@@ -25,6 +25,6 @@ __all__ = [
     "model_sections",
     "schedule",
     "scheduled_config",
-    "set_msts",
+    "plan_config",
     "steps_applied",
 ]

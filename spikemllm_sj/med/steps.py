@@ -22,11 +22,13 @@ from typing import Iterator, Mapping, Optional
 
 import torch.nn as nn
 
+from spikemllm_sj.ann2snn.plan import MSTSPlan
 from spikemllm_sj.ann2snn.recipe import spike_state
 from spikemllm_sj.ann2snn.sites import MSTSSite
+from spikemllm_sj.config import SpikeConfig
 from spikemllm_sj.neurons import MSTSConfig, MSTSEncoder
 
-__all__ = ["ALL", "VISION", "Plan", "Sections", "decoder_layers", "model_sections", "set_msts", "steps_applied", "uniform_plan"]
+__all__ = ["ALL", "VISION", "Plan", "Sections", "decoder_layers", "model_sections", "plan_config", "steps_applied", "uniform_plan"]
 
 ALL = "all"
 VISION = "vision"
@@ -96,6 +98,16 @@ def model_sections(model: nn.Module, groups: Optional[int] = None) -> Sections:
     return Sections({k: tuple(v) for k, v in by_section.items()}, counts)
 
 
+def plan_config(config: SpikeConfig, plan: Plan) -> SpikeConfig:
+    """``config`` with the steps of a section plan (MED's): the whole-model section ``"all"``
+    becomes ``msts``, the others (``"vision"``, ``"layers A-B"``) become an
+    :class:`~spikemllm_sj.ann2snn.plan.MSTSPlan`, so that ``convert``, ``set_msts`` and
+    ``save_spiking`` take it."""
+    msts = _msts_with(config.msts, plan[ALL]) if ALL in plan else config.msts
+    overrides = tuple((section, dict(steps)) for section, steps in plan.items() if section != ALL)
+    return dataclasses.replace(config, msts=msts, plan=MSTSPlan(overrides))
+
+
 def uniform_plan(sections: Sections, steps: Mapping[str, int]) -> dict[str, dict[str, int]]:
     """The plan giving every section ``steps`` (``"vision"`` only the image steps)."""
     return {s: ({"image": steps["image"]} if s == VISION else dict(steps)) for s in sections.sites}
@@ -104,19 +116,6 @@ def uniform_plan(sections: Sections, steps: Mapping[str, int]) -> dict[str, dict
 def _msts_with(base: MSTSConfig, steps: Mapping[str, int]) -> MSTSConfig:
     current = {m.name.lower(): code.steps for m, code in base.codes.items()}
     return MSTSConfig(steps={**current, **steps}, scheme=base.scheme, signed=base.signed)
-
-
-def set_msts(model: nn.Module, msts: MSTSConfig) -> None:
-    """Give converted ``model`` the time steps of ``msts`` everywhere, as ``convert`` with
-    ``SpikeConfig(msts=msts)`` would (the model's ``SpikeConfig`` is updated, so a saved model
-    keeps them)."""
-    if not isinstance(msts, MSTSConfig):
-        raise TypeError(f"msts must be an MSTSConfig, got {type(msts).__name__}")
-    state = spike_state(model)
-    for module in model.modules():
-        if isinstance(module, MSTSSite):
-            module.encoder = MSTSEncoder(msts)
-    state.config = dataclasses.replace(state.config, msts=msts)
 
 
 @contextlib.contextmanager
