@@ -300,12 +300,15 @@ def _perturb_spike_mode(monkeypatch, change):
 
 
 def test_spiking_different_from_fake_quant_is_status_3_and_still_a_complete_run(tmp_path, monkeypatch, capsys):
-    with monkeypatch.context() as patch:
-        _perturb_spike_mode(patch, lambda out: torch.nextafter(out, out + 1))  # one ulp: the logits differ
-        out = tmp_path / "run"
-        assert main(["convert", "--out", str(out), *QUICK, "--no-save"]) == options.EXIT_INEXACT
+    _perturb_spike_mode(monkeypatch, lambda out: torch.nextafter(out, out + 1))  # one ulp: the logits differ
+    out = tmp_path / "run"
+    assert main(["convert", "--out", str(out), *QUICK, "--no-save"]) == options.EXIT_INEXACT
     assert json.loads((out / "run.json").read_text())["fidelity"]["spike_equals_twin"] is False
     assert re.search(r"spiking == fake-quant ANN \(bit for bit\) +False", capsys.readouterr().out)
+
+
+@pytest.mark.slow
+def test_eval_answers_different_from_fake_quant_are_status_3(monkeypatch, capsys):
     # eval compares answers, token for token: a change large enough to move them.
     _perturb_spike_mode(monkeypatch, lambda out: torch.full_like(out, 1e3))
     assert main(["eval", "--data", str(ROOT / "data" / "eval_sample" / "sample.jsonl"), "--max-new-tokens", "2"]) == 3
@@ -317,7 +320,7 @@ def test_an_unexpected_error_is_not_a_usage_error(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(convert, "record_activity", broken)
+    monkeypatch.setattr(convert, "calibration_for", broken)
     with pytest.raises(RuntimeError, match="a bug"):
         main(["convert", "--out", str(tmp_path / "run"), *QUICK])
     assert not (tmp_path / "run").exists() and leftovers(tmp_path / "run") == []
