@@ -13,7 +13,8 @@ simulated on Intel's Lava (lava-nc 0.10.0, ``Loihi2SimCfg``, floating or int32 f
   any graph of these processes and collects what its sinks receive.
 * ``.blocks``: converted layers of a real model on Lava, equal to PyTorch bit for bit:
   :func:`spec_from_spike_linear`, :func:`run_spike_linear`, :func:`run_mlp`,
-  :func:`run_attention_projections`, and :func:`check_layer` (capture a layer's input, compare).
+  :func:`run_attention_projections`, and :func:`check_layer` (capture a layer's input, compare;
+  :func:`check_lava_layer` checks a path first, on a float model too).
 
 lava-nc 0.10.0 does not import on Python 3.11 as released, so this package first makes it
 importable (:func:`ensure_lava_importable`): import it before anything from ``lava``. The names
@@ -45,6 +46,7 @@ _LAZY = {
     "run_mlp": ".blocks",
     "run_attention_projections": ".blocks",
     "check_layer": ".blocks",
+    "check_lava_layer": ".blocks",
     "capture_input": ".blocks",
     "lava_layers": ".blocks",
     "LavaBlockResult": ".blocks",

@@ -40,7 +40,9 @@ import torch.nn as nn
 from lava.proc.io.extractor import Extractor
 from lava.proc.io.source import RingBuffer
 
+from spikemllm_sj.ann2snn.adapters import adapter_for
 from spikemllm_sj.ann2snn.linear import LinearInput, SpikeLinear
+from spikemllm_sj.config import SpikeConfig
 from spikemllm_sj.lava_backend.decoded_op.process import DecodedOp
 from spikemllm_sj.lava_backend.network import PRECISIONS, Precision, to_lava
 from spikemllm_sj.lava_backend.runner import run_lava, simulate
@@ -400,21 +402,58 @@ def run_attention_projections(
     return run_spike_linears(layers, x, modality, precision=precision, names=PROJECTIONS)
 
 
-def _kind(module: nn.Module) -> ty.Optional[str]:
-    if isinstance(module, SpikeLinear):
+def _kind(module: nn.Module, spike_driven: ty.Callable[[object], bool]) -> ty.Optional[str]:
+    if spike_driven(module):
         return "linear"
-    if all(isinstance(getattr(module, n, None), SpikeLinear) for n in ("gate_proj", "up_proj", "down_proj")) and callable(
+    if all(spike_driven(getattr(module, n, None)) for n in ("gate_proj", "up_proj", "down_proj")) and callable(
         getattr(module, "act_fn", None)
     ):
         return "mlp"
-    if all(isinstance(getattr(module, n, None), SpikeLinear) for n in PROJECTIONS):
+    if all(spike_driven(getattr(module, n, None)) for n in PROJECTIONS):
         return "qkv"
     return None
 
 
-def lava_layers(model: nn.Module) -> list[str]:
-    """Paths of the modules that :func:`check_layer` can run: SpikeLinears, gated MLPs, q/k/v groups."""
-    return [name for name, module in model.named_modules() if name and _kind(module) is not None]
+def _spike_driven(model: nn.Module, config: ty.Optional[SpikeConfig]) -> ty.Callable[[object], bool]:
+    """Whether a module is (``config`` None) or will be once ``convert(model, config)`` has run a
+    spike-driven linear layer."""
+    if config is None:
+        return lambda module: isinstance(module, SpikeLinear)
+    planned = {id(linear) for _, linear, _ in adapter_for(model).converted_linears(model, config.convert_lm_head)}
+    return lambda module: module is not None and id(module) in planned
+
+
+def lava_layers(model: nn.Module, config: ty.Optional[SpikeConfig] = None) -> list[str]:
+    """Paths of the modules that :func:`check_layer` can run: SpikeLinears, gated MLPs, q/k/v groups
+    of a converted ``model``; given ``config``, of a float ``model`` once ``convert(model, config)``
+    has made it spike-driven (to check a path before converting)."""
+    spike_driven = _spike_driven(model, config)
+    return [name for name, module in model.named_modules() if name and _kind(module, spike_driven) is not None]
+
+
+def check_lava_layer(model: nn.Module, layer: str, config: ty.Optional[SpikeConfig] = None) -> str:
+    """The kind (``"linear"``, ``"mlp"``, ``"qkv"``) of the module ``layer`` that :func:`check_layer`
+    would run on a converted ``model``; given ``config``, on a float ``model`` once
+    ``convert(model, config)`` has run (see :func:`lava_layers`).
+
+    :raises ValueError: for an unknown path, with close valid ones; ``TypeError`` for a module
+        that cannot run on Lava.
+    """
+    names = dict(model.named_modules())
+    spike_driven = _spike_driven(model, config)
+    if layer not in names or not layer:
+        valid = lava_layers(model, config)
+        close = difflib.get_close_matches(layer, valid, n=3, cutoff=0.6)
+        examples = close or [p for p in valid if ".layers.0." in p][:6] or valid[:6]
+        raise ValueError(f"unknown layer {layer!r}; valid layers include: {', '.join(examples)}")
+    kind = _kind(names[layer], spike_driven)
+    if kind is None:
+        raise TypeError(
+            f"{layer} is a {type(names[layer]).__name__}, which cannot run on Lava: give a linear layer that convert "
+            "makes spike-driven, a gated MLP (gate_proj/up_proj/down_proj) or an attention module with "
+            "q_proj/k_proj/v_proj"
+        )
+    return kind
 
 
 def capture_input(model: nn.Module, layer: str, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -474,19 +513,8 @@ def check_layer(model: nn.Module, layer: str, batch: dict, *, precision: Precisi
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    names = dict(model.named_modules())
-    if layer not in names or not layer:
-        valid = lava_layers(model)
-        close = difflib.get_close_matches(layer, valid, n=3, cutoff=0.6)
-        examples = close or [p for p in valid if ".layers.0." in p][:6] or valid[:6]
-        raise ValueError(f"unknown layer {layer!r}; valid layers include: {', '.join(examples)}")
-    module = names[layer]
-    kind = _kind(module)
-    if kind is None:
-        raise TypeError(
-            f"{layer} is a {type(module).__name__}, which cannot run on Lava: give a SpikeLinear, a gated MLP "
-            f"(gate_proj/up_proj/down_proj) or an attention module with q_proj/k_proj/v_proj"
-        )
+    kind = check_lava_layer(model, layer)
+    module = model.get_submodule(layer)
     x, ids = capture_input(model, layer, batch)
     sites = [m for m in module.modules() if isinstance(m, SpikeLinear)]
     old_modes = [m.mode for m in sites]

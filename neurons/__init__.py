@@ -14,12 +14,14 @@ from .levels import (
     absmax_scale,
     check_finite,
     check_scale,
+    divide_by_scale,
     fake_quantize,
+    level_dtype,
     quantize,
     round_half_up,
     scale_from_absmax,
 )
-from .msts import Modality, MSTSConfig, MSTSEncoder, MSTSSpikes
+from .msts import Modality, MSTSConfig, MSTSEncoder, MSTSSpikes, token_mask
 from .nodes import (
     BidirectionalRateNode,
     BinaryRateNode,
@@ -34,7 +36,9 @@ from .stats import SpikeStats, binary_planes, spike_statistics
 __all__ = [
     "IntLevels",
     "Granularity",
+    "level_dtype",
     "round_half_up",
+    "divide_by_scale",
     "check_finite",
     "check_scale",
     "quantize",
@@ -48,6 +52,7 @@ __all__ = [
     "MSTSConfig",
     "MSTSEncoder",
     "MSTSSpikes",
+    "token_mask",
     "SpikeCodingNode",
     "TCLIFNode",
     "BinaryRateNode",

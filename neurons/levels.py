@@ -8,20 +8,28 @@ A quantized activation is ``q * scale`` with integer ``q`` in ``[qmin, qmax]``:
 
 Rounding is *round half up*, ``floor(x / scale + 1/2)``, the rule a fixed-point neuron with a
 half-step bias implements. It differs from ``torch.round`` (half to even) only on exact ties.
+
+Precision: levels, scales and membranes are held in :func:`level_dtype` (float32 at least: fp16
+holds integers only up to 2048, bf16 up to 256, and a small fp16 absmax divided by ``qmax``
+underflows to 0). The quotient ``x / scale`` is the exact rational one for fp16 and bf16 inputs
+(it is taken in float64, see :func:`divide_by_scale`) and the quotient rounded to ``x``'s dtype
+for float32 and float64 inputs; its rounding (:func:`round_half_up`) is exact in every dtype.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Optional
 
 import torch
 
 __all__ = [
     "IntLevels",
     "Granularity",
+    "level_dtype",
     "round_half_up",
+    "divide_by_scale",
     "check_finite",
     "check_scale",
     "quantize",
@@ -81,9 +89,37 @@ class IntLevels:
         return -self.qmax if self.signed else 0
 
 
+def level_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype that holds the levels, scales and membranes of inputs of ``dtype``: float32 for
+    fp16, bf16 and float32, float64 for float64."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 def round_half_up(x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
-    """``floor(x + 1/2)``, elementwise, in ``x``'s dtype (``inplace``: overwrite ``x``)."""
-    return x.add_(0.5).floor_() if inplace else torch.floor(x + 0.5)
+    """``floor(x + 1/2)``, elementwise and exact, in ``x``'s dtype (``inplace``: ``x`` is overwritten).
+
+    Not ``floor(x + 0.5)``: the sum rounds ``0.5 - ulp`` up to 1 in every floating-point dtype.
+    ``torch.round`` (half to even) is exact, and ``x - round(x)`` is exact too (the two are within a
+    factor of two, or ``round(x)`` is 0); a tie that ``round`` broke downwards (``x - round(x)``
+    is exactly 1/2) goes up by one.
+    """
+    rounded = torch.round(x)
+    tie_broken_down = torch.sub(x, rounded, out=x if inplace else None).eq_(0.5)
+    return rounded.add_(tie_broken_down)
+
+
+def divide_by_scale(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``x / scale`` (``scale`` from :func:`check_scale`), in the precision whose rounding to
+    levels is the definition's: float64 for fp16 and bf16 ``x``, ``level_dtype(x.dtype)`` otherwise.
+
+    Why float64 suffices for half precision: ``x`` has at most 11 significant bits and the float32
+    ``scale`` 24, so a quotient that is not a tie lies more than ``2**-25`` from every
+    half-integer, while float64 moves a quotient below ``2**28`` (beyond, every level clamps) by
+    less than ``2**28 * 2**-53 = 2**-25``. Float32 is not enough: ``3 / float32(1.2)``
+    (2.4999999...) rounds to the tie 2.5.
+    """
+    wide = torch.float64 if x.dtype in (torch.float16, torch.bfloat16) else level_dtype(x.dtype)
+    return x.to(wide) / scale.to(wide)
 
 
 def check_finite(x: torch.Tensor, name: str = "x") -> None:
@@ -94,42 +130,72 @@ def check_finite(x: torch.Tensor, name: str = "x") -> None:
         raise ValueError(f"{name} contains NaN or infinite values")
 
 
-def check_scale(scale: torch.Tensor | float, x: torch.Tensor, name: str = "scale") -> torch.Tensor:
-    """``scale`` as a tensor of ``x``'s dtype and device; it must be finite, positive and broadcast to ``x``."""
-    scale = torch.as_tensor(scale, dtype=x.dtype, device=x.device)
-    if not torch.isfinite(scale).all() or not (scale > 0).all():
-        raise ValueError(f"{name} must be finite and > 0 everywhere")
+def _require_positive(scale: torch.Tensor, name: str, where: str = "") -> None:
+    bad = ~(torch.isfinite(scale) & (scale > 0))
+    if bad.any():
+        index = tuple(int(i) for i in bad.nonzero()[0])
+        raise ValueError(
+            f"{name} must be finite and > 0 everywhere{where}, got {scale[index].item()!r}"
+            + (f" at index {index}" if index else "")
+        )
+
+
+def check_scale(
+    scale: torch.Tensor | float, x: Optional[torch.Tensor] = None, name: str = "scale"
+) -> torch.Tensor:
+    """``scale`` as a tensor, checked: not empty, finite and positive everywhere and, given the
+    input ``x``, broadcasting to it and held in ``level_dtype(x.dtype)`` on ``x``'s device (and
+    still positive there: a float64 scale can underflow in float32)."""
+    given = torch.as_tensor(scale)
+    if given.dtype == torch.bool or given.is_complex():
+        raise TypeError(f"{name} must be a real number or a real tensor, got {given.dtype}")
+    if not given.is_floating_point():
+        given = given.to(torch.get_default_dtype())
+    if given.numel() == 0:
+        raise ValueError(f"{name} must have at least one element, got shape {tuple(given.shape)}")
+    _require_positive(given, name)
+    if x is None:
+        return given
     try:
-        torch.broadcast_shapes(scale.shape, x.shape)
+        torch.broadcast_shapes(given.shape, x.shape)
     except RuntimeError:
         raise ValueError(
-            f"{name} of shape {tuple(scale.shape)} does not broadcast to the input shape {tuple(x.shape)}"
+            f"{name} of shape {tuple(given.shape)} does not broadcast to the input shape {tuple(x.shape)}"
         ) from None
-    return scale
+    held = given.to(dtype=level_dtype(x.dtype), device=x.device)
+    if held.dtype != given.dtype:
+        _require_positive(held, name, f" in {held.dtype}")
+    return held
 
 
 def quantize(x: torch.Tensor, scale: torch.Tensor | float, levels: IntLevels) -> torch.Tensor:
-    """Integer levels ``clamp(floor(x / scale + 1/2), qmin, qmax)`` (integer-valued, ``x``'s dtype)."""
+    """Integer levels ``clamp(floor(x / scale + 1/2), qmin, qmax)``, in ``level_dtype(x.dtype)``
+    (see the module docstring for the quotient's precision)."""
     check_finite(x)
-    scale = check_scale(scale, x)
-    return round_half_up(x / scale, inplace=True).clamp_(levels.qmin, levels.qmax)
+    u = divide_by_scale(x, check_scale(scale, x))
+    return round_half_up(u, inplace=True).clamp_(levels.qmin, levels.qmax).to(level_dtype(x.dtype))
 
 
 def fake_quantize(x: torch.Tensor, scale: torch.Tensor | float, levels: IntLevels) -> torch.Tensor:
-    """``quantize(x, scale, levels) * scale``: the value a spike train of these levels decodes to."""
+    """``quantize(x, scale, levels) * scale`` (``level_dtype(x.dtype)``): the value a spike train
+    of these levels decodes to."""
     return quantize(x, scale, levels) * check_scale(scale, x)
 
 
 def absmax_scale(x: torch.Tensor, levels: IntLevels, granularity: Granularity = "tensor") -> torch.Tensor:
-    """Scale that maps the largest magnitude onto ``qmax``.
+    """Scale that maps the largest magnitude onto ``qmax`` (:func:`scale_from_absmax`).
 
     ``granularity`` picks what shares a scale: ``"tensor"`` (shape ``[]``), ``"channel"`` (the last
     dimension, shape ``[D]``) or ``"token"`` (everything but the last dimension, shape ``[..., 1]``).
-    Where the absmax is zero (an all-zero slice), the scale is 1: every scale encodes zeros exactly.
     """
     check_finite(x)
     if granularity not in _GRANULARITIES:
         raise ValueError(f"granularity must be one of {_GRANULARITIES}, got {granularity!r}")
+    reduced = {"tensor": x.shape, "channel": x.shape[:-1], "token": x.shape[-1:]}[granularity]
+    if x.dim() == 0 and granularity != "tensor" or 0 in reduced:
+        raise ValueError(
+            f"a {granularity} absmax needs x with elements to reduce over, got shape {tuple(x.shape)}"
+        )
     a = x.detach().abs()
     if granularity == "tensor":
         amax = a.amax()
@@ -141,5 +207,14 @@ def absmax_scale(x: torch.Tensor, levels: IntLevels, granularity: Granularity = 
 
 
 def scale_from_absmax(amax: torch.Tensor, levels: IntLevels) -> torch.Tensor:
-    """``amax / qmax``, and 1 where ``amax`` is zero (an all-zero slice: any scale encodes it exactly)."""
-    return torch.where(amax > 0, amax / levels.qmax, torch.ones_like(amax))
+    """``amax / qmax`` in ``level_dtype(amax.dtype)``, and 1 where ``amax`` is zero (an all-zero
+    slice: any scale encodes it exactly).
+
+    A positive ``amax`` so small that ``amax / qmax`` would fall below the smallest normal number
+    of that dtype gets that number as its scale instead (not 0, which no code can use): its levels
+    then stay below ``qmax``, and it is still encoded exactly with the scale returned.
+    """
+    dtype = level_dtype(amax.dtype)
+    amax = amax.to(dtype)
+    scale = (amax / levels.qmax).clamp_min_(torch.finfo(dtype).tiny)
+    return torch.where(amax > 0, scale, torch.ones_like(scale))

@@ -21,11 +21,11 @@ import torch
 from spikingjelly.activation_based import encoding
 
 from .coding import SCHEMES, Scheme, SpikeCode
-from .levels import IntLevels, absmax_scale, check_finite, check_scale, quantize
+from .levels import IntLevels, absmax_scale, check_finite, check_scale, level_dtype, quantize
 from .nodes import NODE_CLASSES, integrate
 from .stats import SpikeStats, spike_statistics
 
-__all__ = ["Modality", "MSTSConfig", "MSTSEncoder", "MSTSSpikes"]
+__all__ = ["Modality", "MSTSConfig", "MSTSEncoder", "MSTSSpikes", "token_mask"]
 
 
 class Modality(enum.IntEnum):
@@ -141,11 +141,13 @@ class MSTSConfig:
 class MSTSSpikes(NamedTuple):
     """Output of :class:`MSTSEncoder`.
 
-    :param spikes: ``[T_max, B, L, D]``; a token's padded steps come first and carry no spikes.
+    :param spikes: ``[T_max, B, L, D]`` in the input's dtype; a token's padded steps come first
+        and carry no spikes.
     :param steps: ``[B, L]`` (int64) steps each token really uses (0 for masked-out tokens).
-    :param scale: ``[B, L, 1]`` quantization scale of each token.
+    :param scale: ``[B, L, 1]`` quantization scale of each token, in ``level_dtype`` of the input's
+        dtype (float32 at least).
     :param offset: ``[B, L, 1]`` level offset of each token's code (non-zero only for signed
-        binary rate coding).
+        binary rate coding), in the scale's dtype.
     :param leak: the code's leak factor, shared by all modalities.
     """
 
@@ -156,8 +158,8 @@ class MSTSSpikes(NamedTuple):
     leak: int
 
     def decode(self) -> torch.Tensor:
-        """Decoded activations ``[B, L, D]``."""
-        return (integrate(self.spikes, self.leak) - self.offset) * self.scale
+        """Decoded activations ``[B, L, D]``, in the scale's dtype."""
+        return (integrate(self.spikes.to(self.scale.dtype), self.leak) - self.offset) * self.scale
 
     def statistics(self) -> SpikeStats:
         """Spike counts per step; the firing rate counts only the steps each token really uses."""
@@ -198,18 +200,18 @@ class MSTSEncoder(encoding.StatelessEncoder):
         """
         :param x: activations ``[B, L, D]``.
         :param modality_ids: ``[B, L]`` integer modality of each token (``mm_token_type_ids``).
-        :param scale: quantization scale broadcastable to ``[B, L, 1]`` (``[]`` or ``[B, L, 1]``);
+        :param scale: quantization scale per tensor (``[]``) or per token (``[B, L, 1]``);
             default: per-token absmax over ``D`` divided by the token's ``qmax``.
-        :param attention_mask: ``[B, L]``; tokens where it is 0 get no steps and no spikes.
+        :param attention_mask: ``[B, L]`` of 0 (padding: no steps, no spikes) and 1 (a token).
         """
         B, L, D = _check_activations(x)
         t_max = self.config.max_steps
         spikes = x.new_zeros(t_max, B, L, D)
         steps = torch.zeros(B, L, dtype=torch.int64, device=x.device)
-        token_scale = x.new_ones(B, L, 1)
-        offset = x.new_zeros(B, L, 1)
+        token_scale = torch.ones(B, L, 1, dtype=level_dtype(x.dtype), device=x.device)
+        offset = torch.zeros_like(token_scale)
         for modality, code, mask, x_m, s_m in self._token_groups(x, modality_ids, scale, attention_mask):
-            spikes[t_max - code.steps :, mask] = self.nodes[modality.name.lower()].encode(x_m, s_m)
+            spikes[t_max - code.steps :, mask] = self.nodes[modality.name.lower()].encode(x_m, s_m).to(x.dtype)
             steps[mask] = code.steps
             token_scale[mask] = s_m
             offset[mask] = float(code.offset)
@@ -224,12 +226,12 @@ class MSTSEncoder(encoding.StatelessEncoder):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The ANN twin of :meth:`forward`: the same per-token quantization without spikes.
 
-        :return: integer levels ``[B, L, D]`` (0 for masked-out tokens) and scales ``[B, L, 1]``;
-            ``levels * scale`` equals ``forward(...).decode()``.
+        :return: integer levels ``[B, L, D]`` (0 for masked-out tokens) and scales ``[B, L, 1]``,
+            both in ``level_dtype(x.dtype)``; ``levels * scale`` equals ``forward(...).decode()``.
         """
         _check_activations(x)
-        levels = torch.zeros_like(x)
-        token_scale = x.new_ones(*x.shape[:2], 1)
+        levels = torch.zeros_like(x, dtype=level_dtype(x.dtype))
+        token_scale = levels.new_ones(*x.shape[:2], 1)
         for _, code, mask, x_m, s_m in self._token_groups(x, modality_ids, scale, attention_mask):
             levels[mask] = quantize(x_m, s_m, code.levels)
             token_scale[mask] = s_m
@@ -241,13 +243,15 @@ class MSTSEncoder(encoding.StatelessEncoder):
         modality_ids = _check_token_tensor(modality_ids, (B, L), "modality_ids")
         active = torch.ones(B, L, dtype=torch.bool, device=x.device)
         if attention_mask is not None:
-            active = _check_token_tensor(attention_mask, (B, L), "attention_mask") != 0
+            active = token_mask(attention_mask, (B, L))
         present = sorted({int(m) for m in torch.unique(modality_ids[active]).tolist()})
         codes = [self.config.code_of(m) for m in present]  # raises for a modality without steps
         if scale is not None:
             scale = check_scale(scale, x)
-            if scale.dim() == 3 and scale.shape[-1] != 1:
-                raise ValueError(f"scale must be per token ([B, L, 1]) or per tensor ([]), got {tuple(scale.shape)}")
+            if scale.dim() > 3 or torch.broadcast_shapes(scale.shape, (B, L, 1)) != (B, L, 1):
+                raise ValueError(
+                    f"scale must be per tensor ([]) or per token ([B, L, 1] = {[B, L, 1]}), got shape {list(scale.shape)}"
+                )
             scale = scale.expand(B, L, 1)
         for m, code in zip(present, codes):
             mask = active & (modality_ids == m)
@@ -269,6 +273,8 @@ def _check_activations(x: torch.Tensor) -> torch.Size:
     check_finite(x)
     if x.dim() != 3:
         raise ValueError(f"x must have shape [B, L, D], got {tuple(x.shape)}")
+    if x.shape[-1] == 0:
+        raise ValueError(f"x must have a hidden size D >= 1, got shape {tuple(x.shape)}")
     return x.shape
 
 
@@ -278,3 +284,19 @@ def _check_token_tensor(t: torch.Tensor, shape: tuple[int, int], name: str) -> t
     if tuple(t.shape) != shape:
         raise ValueError(f"{name} must have shape {list(shape)} (the [B, L] of x), got {list(t.shape)}")
     return t
+
+
+def token_mask(attention_mask: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """The real tokens ``[B, L]`` (bool) of an ``attention_mask`` of that ``shape``, which must
+    hold only 0 (padding) and 1 (a token), as ``transformers`` processors write it.
+
+    :raises ValueError: another value (-1 or 2 is not read as "keep"), or another shape.
+    """
+    mask = _check_token_tensor(attention_mask, shape, "attention_mask")
+    if mask.dtype == torch.bool:
+        return mask
+    other = (mask != 0) & (mask != 1)
+    if other.any():
+        values = mask[other].unique()[:5].tolist()
+        raise ValueError(f"attention_mask must hold 0 (padding) and 1 (a token) only, got {values}")
+    return mask == 1

@@ -29,7 +29,7 @@ from spikingjelly.activation_based import base, surrogate
 from spikingjelly.activation_based.neuron import BaseNode
 
 from .coding import Scheme, SpikeCode
-from .levels import IntLevels, check_finite, check_scale, round_half_up
+from .levels import IntLevels, check_finite, check_scale, divide_by_scale, level_dtype, round_half_up
 from .stats import SpikeStats, spike_statistics
 
 __all__ = [
@@ -81,10 +81,7 @@ class SpikeCodingNode(BaseNode):
         self.code = code
         self.set_reset_value("v", float(code.offset))
         self.v = float(code.offset)
-        scale = torch.as_tensor(scale, dtype=torch.get_default_dtype())
-        if not torch.isfinite(scale).all() or not (scale > 0).all():
-            raise ValueError("scale must be finite and > 0 everywhere")
-        self.register_buffer("scale", scale)
+        self.register_buffer("scale", check_scale(torch.as_tensor(scale, dtype=torch.get_default_dtype())))
 
     @property
     def steps(self) -> int:
@@ -98,22 +95,30 @@ class SpikeCodingNode(BaseNode):
         )
 
     def materialize_states(self, inputs, states, step_mode):
+        if step_mode == "m" and (inputs[0].dim() < 1 or inputs[0].shape[0] < 1):
+            raise ValueError(
+                f"a multi-step input x_seq must be [T, N, *] with T >= 1 steps, got shape {tuple(inputs[0].shape)}"
+            )
         x = inputs[0][0] if step_mode == "m" else inputs[0]
+        # The membrane holds integer levels: level_dtype, float32 at least (fp16 and bf16 lose
+        # integers above 2048 and 256).
+        dtype = level_dtype(x.dtype)
         v = states[0]
         if not torch.is_tensor(v) or v.shape != x.shape:
             # A new input shape starts from the resting membrane, which holds the code's offset.
-            v = torch.full_like(x, float(self.code.offset))
-        elif v.dtype != x.dtype or v.device != x.device:
-            v = v.to(dtype=x.dtype, device=x.device)
+            v = torch.full_like(x, float(self.code.offset), dtype=dtype)
+        elif v.dtype != dtype or v.device != x.device:
+            v = v.to(dtype=dtype, device=x.device)
         return (v, *states[1:])
 
     def _levels_of(self, x: torch.Tensor, scale: Optional[torch.Tensor]) -> torch.Tensor:
-        """Input current in membrane units, ``floor(x / scale + 1/2)``, with a straight-through gradient."""
+        """Input current in membrane units, ``floor(x / scale + 1/2)`` in ``level_dtype(x.dtype)``,
+        with a straight-through gradient."""
         check_finite(x)
-        u = x / check_scale(self.scale if scale is None else scale, x)
+        u = divide_by_scale(x, check_scale(self.scale if scale is None else scale, x))
         if not u.requires_grad:
-            return round_half_up(u, inplace=True)
-        return round_half_up(u.detach()) + (u - u.detach())
+            return round_half_up(u, inplace=True).to(level_dtype(x.dtype))
+        return (round_half_up(u.detach()) + (u - u.detach())).to(level_dtype(x.dtype))
 
     def _fire_and_reset(self, h: torch.Tensor, out: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Fire on the charged membrane ``h`` and soft-reset it: ``(spike, membrane)``.
@@ -148,7 +153,8 @@ class SpikeCodingNode(BaseNode):
         return (torch.stack(spikes),), states
 
     def encode(self, x: torch.Tensor, scale: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Spike train ``[T, *x.shape]`` of ``x``: the activation presented at the first step.
+        """Spike train ``[T, *x.shape]`` of ``x`` (in ``level_dtype(x.dtype)``): the activation
+        presented at the first step.
 
         Pure: the module's membrane is neither read nor written.
         """
@@ -235,16 +241,18 @@ def decode(
     scale: float | torch.Tensor = 1.0,
     offset: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """Decode a spike train ``[T, N, *]`` of ``code`` into values ``[N, *]``: ``(integrate - offset) * scale``.
+    """Decode a spike train ``[T, N, *]`` of ``code`` into values ``[N, *]``: ``(integrate - offset) * scale``,
+    in ``level_dtype(spikes.dtype)`` (float32 at least: the levels of fp16 or bf16 spikes may not fit).
 
     :param offset: per-element offset replacing ``code.offset`` (the MSTS encoder passes one per token).
     """
-    if spikes.shape[0] != code.steps:
+    check_finite(spikes, "spikes")
+    if spikes.dim() < 1 or spikes.shape[0] != code.steps:
         raise ValueError(
-            f"spikes has {spikes.shape[0]} time steps but the code ({code.scheme}, L={code.levels.levels}) "
-            f"uses {code.steps}"
+            f"spikes of shape {tuple(spikes.shape)} has {spikes.shape[0] if spikes.dim() else 0} time steps but "
+            f"the code ({code.scheme}, L={code.levels.levels}) uses {code.steps}"
         )
-    acc = integrate(spikes, code.leak)
+    acc = integrate(spikes.to(level_dtype(spikes.dtype)), code.leak)
     offset = code.offset if offset is None else offset
     if torch.is_tensor(offset) or offset:
         acc = acc - offset
@@ -263,7 +271,7 @@ class SpikeDecoder(torch.nn.Module, base.MultiStepModule):
         if not isinstance(code, SpikeCode):
             raise TypeError(f"code must be a SpikeCode, got {type(code).__name__}")
         self.code = code
-        self.register_buffer("scale", torch.as_tensor(scale, dtype=torch.get_default_dtype()))
+        self.register_buffer("scale", check_scale(torch.as_tensor(scale, dtype=torch.get_default_dtype())))
 
     def forward(self, spikes: torch.Tensor, scale: Optional[torch.Tensor] = None) -> torch.Tensor:
         return decode(spikes, self.code, self.scale if scale is None else scale)

@@ -4,8 +4,11 @@ Markers (registered in setup.cfg): ``lava`` (runs Lava processes), ``weights`` (
 weights: easy-VQA and the SmolLM2 cache, built on first use), ``slow`` (more than a few seconds,
 or thousands of property examples). ``pytest -m "not slow"`` runs the fast core.
 
-Hypothesis profiles: ``default`` (the examples each test asks for) and ``thorough`` (at least
-10,000 examples per property, for ``-m slow``): ``pytest --hypothesis-profile thorough``.
+Hypothesis profiles: ``default`` (the examples each property asks for, through
+``properties.examples``) and ``thorough`` (at least 10,000 examples per property; under it every
+property test is also marked ``slow``)::
+
+    pytest -m "slow and hypothesis" --hypothesis-profile thorough --hypothesis-show-statistics
 """
 
 from __future__ import annotations
@@ -15,11 +18,20 @@ from typing import NamedTuple, Optional
 import pytest
 import torch
 from hypothesis import settings
+from properties import PROFILE, THOROUGH
 
 from spikemllm_sj import SpikeConfig, convert
 from spikemllm_sj.models.tiny import TINY_MODELS, build_tiny_model, tiny_batch
 
-settings.register_profile("thorough", max_examples=10_000, deadline=None)
+settings.register_profile(PROFILE, max_examples=THOROUGH, deadline=None)
+
+
+def pytest_collection_modifyitems(config, items):
+    # Thousands of examples per property make each one slow (the marker's definition).
+    if settings.get_current_profile_name() == PROFILE:
+        for item in items:
+            if getattr(item.obj, "is_hypothesis_test", False):
+                item.add_marker(pytest.mark.slow)
 
 
 class ConvertedTiny(NamedTuple):

@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 
@@ -80,3 +82,44 @@ def test_calibration_errors():
     assert not any(isinstance(m, SpikeLinear) for m in model.modules())  # untouched after failures
     with pytest.raises(ValueError, match="act_scales must be"):
         SpikeConfig(act_scales="per-token")
+
+
+@pytest.mark.parametrize("name", ["tiny-llava", "tiny-qwen2-vl"])
+def test_image_placeholders_without_pixels_are_refused(name):
+    model = build_tiny_model(name)
+    blind = tiny_batch(model, batch_size=1)
+    del blind["pixel_values"]
+    with pytest.raises(ValueError, match="input_ids hold image tokens but no pixel_values were given"):
+        calibrate(model, [blind], progress=False)
+
+
+def test_video_placeholders_without_pixels_are_refused():
+    from spikemllm_sj.models.tiny import tiny_video_batch
+
+    model = build_tiny_model("tiny-qwen2-vl")
+    blind = tiny_video_batch(model, 1)
+    del blind["pixel_values_videos"]
+    with pytest.raises(ValueError, match="input_ids hold video tokens but no pixel_values_videos were given"):
+        calibrate(model, [blind], progress=False)
+
+
+@pytest.mark.parametrize("weight_method", ["rtn", "gptq"])
+def test_a_failed_resumed_calibration_leaves_it_unchanged(weight_method):
+    config = SpikeConfig(act_scales="static", weight_method=weight_method)
+    model = build_tiny_model("tiny-llava")
+    data = batches(model, 3)
+    resumed = calibrate(model, data[:1], config, progress=False)
+    before = copy.deepcopy(resumed)
+    bad = tiny_batch(model, batch_size=2, seed=9)
+    bad["pixel_values"] = torch.full_like(bad["pixel_values"], float("nan"))
+    # The good batches run and record first; the bad one fails.
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        calibrate(model, [*data[1:], bad], config, resume=resumed, progress=False)
+    assert resumed.batches == before.batches == 1
+    assert resumed.absmax == before.absmax
+    assert resumed.hessians.keys() == before.hessians.keys()
+    assert all(torch.equal(resumed.hessians[k], before.hessians[k]) for k in before.hessians)
+    # A successful resume adds the new batches: ranges as one calibration over all of them.
+    again = calibrate(model, data[1:], config, resume=resumed, progress=False)
+    assert again is resumed and again.batches == 3
+    assert again.absmax == calibrate(model, data, config, progress=False).absmax

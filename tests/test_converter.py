@@ -7,7 +7,7 @@ from spikemllm_sj import SpikeConfig, convert, set_mode, supported_models
 from spikemllm_sj.ann2snn.linear import SpikeLinear
 from spikemllm_sj.ann2snn.modalities import FixedModality
 from spikemllm_sj.ann2snn.recipe import spike_state
-from spikemllm_sj.models.tiny import build_tiny_model, tiny_batch, visual_token_ids
+from spikemllm_sj.models.tiny import TINY_MODELS, build_tiny_model, tiny_batch, visual_token_ids
 from spikemllm_sj.neurons import IntLevels, Modality, MSTSConfig, MSTSSpikes
 
 
@@ -77,6 +77,24 @@ def test_generate_with_kv_cache_matches_the_twin(converted_family):
     set_mode(snn, "spike")
     assert outputs["spike"].shape[1] == batch["input_ids"].shape[1] + 3
     assert torch.equal(outputs["spike"], outputs["fake_quant"]), name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("name", TINY_MODELS)
+def test_spiking_model_equals_its_fake_quant_twin_in_half_precision(name, dtype):
+    model = build_tiny_model(name, dtype=dtype)
+    batch = tiny_batch(model, batch_size=2, padding=True)
+    snn = convert(model, SpikeConfig())
+    spike = logits(snn, batch, "spike")
+    assert spike.dtype == dtype and torch.isfinite(spike).all()
+    assert torch.equal(spike, logits(snn, batch, "fake_quant"))
+    outputs = {}
+    for mode in ("spike", "fake_quant"):
+        set_mode(snn, mode)
+        outputs[mode] = snn.generate(**batch, max_new_tokens=2, do_sample=False)
+    set_mode(snn, "spike")
+    assert torch.equal(outputs["spike"], outputs["fake_quant"])
 
 
 def test_rate_coded_variant_gives_the_same_logits_with_more_steps():
@@ -201,3 +219,19 @@ def test_models_loaded_with_a_device_map_convert(tmp_path):
     with pytest.raises(ValueError, match="on the meta device"):
         convert(offloaded)
     assert not any(isinstance(m, SpikeLinear) for m in offloaded.modules())
+
+
+def test_an_attention_mask_other_than_zeros_and_ones_is_refused_before_any_forward():
+    from spikemllm_sj.analysis.fidelity import convert_and_compare
+    from spikemllm_sj.med import analyze
+
+    model = build_tiny_model("tiny-llava")
+    batch = tiny_batch(model, batch_size=2, padding=True)
+    batch["attention_mask"] = batch["attention_mask"] * 2
+    calls = []
+    model.register_forward_pre_hook(lambda *args: calls.append(1))
+    with pytest.raises(ValueError, match=r"attention_mask must hold 0 \(padding\) and 1 \(a token\) only, got \[2\]"):
+        convert_and_compare(model, [batch], new_tokens=1, progress=False)
+    with pytest.raises(ValueError, match=r"attention_mask must hold 0 \(padding\) and 1 \(a token\) only, got \[2\]"):
+        analyze(model, [batch], progress=False)
+    assert calls == [] and not any(isinstance(m, SpikeLinear) for m in model.modules())

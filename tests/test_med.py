@@ -3,8 +3,9 @@ import json
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
+from properties import examples
 
 from spikemllm_sj import SpikeConfig, calibrate, convert, op_report
 from spikemllm_sj.ann2snn.recipe import set_msts, spike_state
@@ -158,7 +159,7 @@ def test_layer_groups_share_the_budget():
     assert result.chosen.average_steps <= 3.3
 
 
-@settings(max_examples=60, deadline=None)
+@examples(60)
 @given(
     st.lists(st.floats(0, 0.5), min_size=9, max_size=9),
     st.integers(1, 50),

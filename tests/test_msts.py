@@ -1,9 +1,12 @@
 import pytest
 import torch
-from reference import qrange, reference_fake_quant
+from hypothesis import given
+from hypothesis import strategies as st
+from properties import examples
+from reference import held_in, qrange, reference_fake_quant
 from spikingjelly.activation_based import encoding
 
-from spikemllm_sj.neurons import Modality, MSTSConfig, MSTSEncoder
+from spikemllm_sj.neurons import Modality, MSTSConfig, MSTSEncoder, token_mask
 
 TEXT, IMAGE, VIDEO = Modality.TEXT, Modality.IMAGE, Modality.VIDEO
 
@@ -22,14 +25,16 @@ def mixed_batch(seed=0, D=12):
 
 
 def per_token_reference(x, ids, levels_of, signed=True):
-    """Fake quantization of each token with its modality's levels and per-token absmax scale."""
-    out = torch.empty_like(x)
+    """Fake quantization of each token with its modality's levels and per-token absmax scale
+    (in float32 at least)."""
+    out = torch.empty_like(x, dtype=held_in(x.dtype))
     for b in range(x.shape[0]):
         for t in range(x.shape[1]):
             L = levels_of[int(ids[b, t])]
             qmax = qrange(L, signed)[1]
-            amax = x[b, t].abs().amax()
-            scale = amax / qmax if amax > 0 else torch.tensor(1.0)
+            amax = x[b, t].abs().amax().to(held_in(x.dtype))
+            # absmax / qmax, at least the smallest normal number; 1 for an all-zero token.
+            scale = (amax / qmax).clamp_min(torch.finfo(amax.dtype).tiny) if amax > 0 else torch.tensor(1.0)
             out[b, t] = reference_fake_quant(x[b, t], scale, L, signed)
     return out
 
@@ -176,3 +181,96 @@ def test_quantize_is_the_ann_twin_of_the_spikes():
     assert torch.equal(levels * scale, out.decode())
     assert torch.equal(scale, out.scale)
     assert torch.equal(levels[mask.bool()] * scale[mask.bool()], per_token_reference(x, ids, {0: 32, 1: 16, 2: 16})[mask.bool()])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_tiny_half_precision_tokens_encode_and_a_zero_token_encodes_as_zeros(dtype):
+    # Per-token absmax 1e-7: absmax / qmax underflows to 0 in fp16, so scales are float32.
+    x = torch.full((1, 3, 8), 1e-7, dtype=dtype)
+    x[0, 1] = 0.0
+    x[0, 2, 0] = -3e-7
+    ids = torch.tensor([[0, 1, 0]])
+    out = MSTSEncoder()(x, ids)
+    assert out.scale.dtype == torch.float32 and bool((out.scale > 0).all())
+    decoded = out.decode()
+    assert not decoded[0, 1].any()
+    assert torch.equal(decoded, per_token_reference(x, ids, {0: 32, 1: 16}))
+    levels, scale = MSTSEncoder().quantize(x, ids)
+    assert torch.equal(levels * scale, decoded)
+
+
+@pytest.mark.parametrize("value", [-1, 2])
+def test_an_attention_mask_holds_zeros_and_ones_only(value):
+    x, ids = mixed_batch()
+    mask = torch.ones_like(ids)
+    mask[0, 3] = value
+    with pytest.raises(ValueError, match=rf"attention_mask must hold 0 \(padding\) and 1 \(a token\) only, got \[{value}\]"):
+        MSTSEncoder()(x, ids, attention_mask=mask)
+    with pytest.raises(ValueError, match="attention_mask must hold 0"):
+        MSTSEncoder().quantize(x, ids, attention_mask=mask)
+    assert torch.equal(token_mask(mask.clamp(0, 1), tuple(ids.shape)), mask.clamp(0, 1) == 1)
+    assert torch.equal(token_mask(mask.clamp(0, 1).bool(), tuple(ids.shape)), mask.clamp(0, 1) == 1)
+
+
+def test_hidden_size_zero_is_refused():
+    with pytest.raises(ValueError, match=r"x must have a hidden size D >= 1, got shape \(2, 9, 0\)"):
+        MSTSEncoder()(torch.zeros(2, 9, 0), torch.zeros(2, 9, dtype=torch.long))
+
+
+@pytest.mark.parametrize("shape", [(12,), (9, 12), (1, 1, 12), (2, 1, 1, 1)])
+def test_a_scale_that_is_not_per_tensor_or_per_token_is_refused(shape):
+    x, ids = mixed_batch()
+    with pytest.raises(ValueError, match=rf"scale must be per tensor \(\[\]\) or per token \(\[B, L, 1\] = \[2, 9, 1\]\), got shape \[{', '.join(map(str, shape))}\]"):
+        MSTSEncoder()(x, ids, scale=torch.ones(shape))
+
+
+@pytest.mark.parametrize("steps", [{1.5: 3}, {True: 3}, {False: 4}])
+def test_float_and_bool_modality_keys_are_refused(steps):
+    key = next(iter(steps))
+    with pytest.raises(ValueError, match=rf"unknown modality {key!r}; accepted: text=0, image=1, video=2, audio=3"):
+        MSTSConfig(steps=steps)
+
+
+@pytest.mark.parametrize("kwargs", [dict(steps=[3, 4]), dict(bits=(4, 5)), dict(steps="text")])
+def test_steps_and_bits_must_be_mappings(kwargs):
+    (name, value), = kwargs.items()
+    with pytest.raises(TypeError, match=rf"{name} must be a mapping of modality to {name}"):
+        MSTSConfig(**kwargs)
+
+
+def test_the_config_keeps_its_own_copy_of_the_steps():
+    steps = {"text": 4, "image": 3}
+    config = MSTSConfig(steps=steps)
+    before = repr(config)
+    steps["text"] = 2
+    steps["video"] = 5
+    assert repr(config) == before and config.steps_of("text") == 4 and dict(config.steps) == {"text": 4, "image": 3}
+    assert config == MSTSConfig(steps={"text": 4, "image": 3})
+    with pytest.raises(TypeError):
+        config.steps["text"] = 2
+
+
+@st.composite
+def mixed_tokens(draw):
+    B, L, D = draw(st.integers(1, 3)), draw(st.integers(1, 8)), draw(st.integers(1, 12))
+    dtype = draw(st.sampled_from([torch.float32, torch.float16, torch.bfloat16]))
+    width = 16 if dtype == torch.float16 else 32
+    values = draw(st.lists(st.floats(-1e3, 1e3, width=width), min_size=B * L * D, max_size=B * L * D))
+    gains = draw(st.lists(st.sampled_from([0.0, 2.0**-140, 2.0**-20, 1.0, 64.0]), min_size=B * L, max_size=B * L))
+    x = (torch.tensor(values).reshape(B, L, D) * torch.tensor(gains).reshape(B, L, 1)).to(dtype)
+    ids = torch.tensor(draw(st.lists(st.integers(0, 2), min_size=B * L, max_size=B * L))).reshape(B, L)
+    mask = torch.tensor(draw(st.lists(st.integers(0, 1), min_size=B * L, max_size=B * L))).reshape(B, L)
+    steps = {m: draw(st.integers(1, 7)) for m in ("text", "image", "video")}
+    return x, ids, mask, steps
+
+
+@examples(200)
+@given(data=mixed_tokens())
+def test_msts_decodes_to_each_tokens_own_quantizer_property(data):
+    x, ids, mask, steps = data
+    config = MSTSConfig(steps=steps)
+    out = MSTSEncoder(config)(x, ids, attention_mask=mask)
+    levels_of = {int(m): c.levels.levels for m, c in config.codes.items()}
+    want = per_token_reference(x, ids, levels_of) * mask[..., None]
+    assert torch.equal(out.decode(), want)
+    assert torch.equal(out.steps, torch.tensor([steps[n] for n in ("text", "image", "video")])[ids] * mask)

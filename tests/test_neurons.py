@@ -4,8 +4,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
+from properties import examples
 from reference import LEVELS, boundary_values, reference_fake_quant, reference_levels
 from spikingjelly.activation_based import functional, surrogate
 from spikingjelly.activation_based.neuron import BaseNode
@@ -109,7 +110,7 @@ def activations(draw):
 
 
 @pytest.mark.parametrize("make,scheme,signed", CODERS, ids=CODER_IDS)
-@settings(max_examples=250, deadline=None)
+@examples(250)
 @given(data=activations())
 def test_decode_equals_quantizer_property(make, scheme, signed, data):
     L, x, scale = data
@@ -121,15 +122,30 @@ def test_decode_equals_quantizer_property(make, scheme, signed, data):
     assert torch.equal(decode(spikes, node.code), want_levels)
 
 
-@pytest.mark.parametrize("make,scheme,signed", CODERS[:3], ids=CODER_IDS[:3])
+# Every coder at 16 levels; TC-LIF also at 4096 (rate codes would take thousands of steps).
+HALF_CASES = [
+    pytest.param(make, scheme, signed, L, id=f"{name}-L{L}")
+    for (make, scheme, signed), name in zip(CODERS, CODER_IDS)
+    for L in ((16, 1 << 12) if scheme == "tc_lif" else (16,))
+]
+
+
+@pytest.mark.parametrize("make,scheme,signed,L", HALF_CASES)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_precision_is_exact(make, scheme, signed, dtype):
-    L = 16
+def test_half_precision_is_exact(make, scheme, signed, L, dtype):
     node = make(L).to(dtype)
-    x = (torch.randn(512, generator=torch.Generator().manual_seed(0)) * 5).to(dtype)
-    got = node.decode(node.encode(x, scale=torch.tensor(0.5, dtype=dtype)), scale=torch.tensor(0.5, dtype=dtype))
-    assert got.dtype == dtype
-    assert torch.equal(got, reference_fake_quant(x, 0.5, L, signed))
+    x = (torch.randn(512, generator=torch.Generator().manual_seed(0)) * L / 4).to(dtype)
+    scale = torch.tensor(0.37, dtype=dtype)
+    spikes = node.encode(x, scale=scale)
+    got = node.decode(spikes, scale=scale)
+    # Levels, membranes and decoded values in float32: fp16 and bf16 lose integers above 2048 and 256.
+    assert spikes.dtype == got.dtype == torch.float32
+    assert torch.equal(decode(spikes, node.code), reference_levels(x, scale, L, signed))
+    assert torch.equal(got, reference_fake_quant(x, scale, L, signed))
+    node.step_mode = "m"
+    seq = torch.cat([x[None], torch.zeros(node.steps - 1, *x.shape, dtype=dtype)])
+    assert torch.equal(node(seq, scale=scale), spikes)
+    assert node.v.dtype == torch.float32
 
 
 # SpikingJelly neuron behaviour.
@@ -293,6 +309,31 @@ def test_zero_negative_or_nan_scales(scale):
         TCLIFNode(16, scale=scale)
     with pytest.raises(ValueError, match="scale must be finite and > 0"):
         TCLIFNode(16).encode(torch.ones(3), scale=torch.tensor([1.0, scale, 1.0]))
+
+
+def test_an_empty_scale_is_refused():
+    with pytest.raises(ValueError, match=r"scale must have at least one element, got shape \(0,\)"):
+        TCLIFNode(16, scale=torch.tensor([]))
+    with pytest.raises(ValueError, match=r"scale must have at least one element"):
+        SpikeDecoder(SpikeCode("tc_lif", IntLevels(16)), scale=torch.tensor([]))
+    with pytest.raises(ValueError, match=r"scale must be finite and > 0 everywhere, got 0.0"):
+        SpikeDecoder(SpikeCode("tc_lif", IntLevels(16)), scale=0.0)
+
+
+@pytest.mark.parametrize("x_seq", [torch.zeros(0, 3), torch.tensor(1.0)], ids=["T=0", "0-d"])
+def test_multi_step_input_needs_a_time_dimension(x_seq):
+    node = TCLIFNode(16, step_mode="m")
+    with pytest.raises(ValueError, match=r"multi-step input x_seq must be \[T, N, \*\] with T >= 1 steps"):
+        node(x_seq)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_decode_refuses_non_finite_spikes(bad):
+    node = TCLIFNode(16)
+    spikes = node.encode(torch.tensor([3.0, -2.0]))
+    spikes[1, 0] = bad
+    with pytest.raises(ValueError, match="spikes contains NaN or infinite values"):
+        node.decode(spikes)
 
 
 def test_scale_shape_mismatch():

@@ -105,7 +105,7 @@ def test_cli_convert_bad_models_are_messages(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert "not available locally" in err and "Traceback" not in err
     (tmp_path / "bad.png").write_bytes(b"\x89PNG broken")
-    assert main(["convert", "--image", str(tmp_path / "bad.png"), "--out", str(tmp_path)]) == 2
+    assert main(["convert", "--image", str(tmp_path / "bad.png"), "--out", str(tmp_path / "run")]) == 2
     assert "cannot be read" in capsys.readouterr().err
 
 

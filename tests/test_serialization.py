@@ -29,6 +29,24 @@ def test_config_dict_round_trip():
     assert again.msts.steps_of("text") == 31
 
 
+ROUND_TRIP = {
+    "default": SpikeConfig(),
+    "steps by name": SpikeConfig(msts=MSTSConfig(steps={"text": 5, "image": 2})),
+    "steps by number": SpikeConfig(msts=MSTSConfig(steps={0: 4, 1: 3, 2: 2})),
+    "unsigned rate code": SpikeConfig(msts=MSTSConfig(steps={"text": 7, "image": 3}, scheme="rate_binary", signed=False)),
+    "bits, bidirectional": SpikeConfig(msts=MSTSConfig(bits={"text": 6, "image": 4}, scheme="rate_bidirectional")),
+    "every field": SpikeConfig(
+        weight_bits=4, kv_bits=6, prob_bits=5, convert_lm_head=True, act_scales="static", weight_method="gptq"
+    ),
+}
+
+
+@pytest.mark.parametrize("config", list(ROUND_TRIP.values()), ids=list(ROUND_TRIP))
+def test_a_config_equals_itself_through_its_dict_and_json(config):
+    assert SpikeConfig.from_dict(config.to_dict()) == config
+    assert SpikeConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+
+
 def test_loading_an_incomplete_folder_fails_clearly(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing config.json, spike_config.json, model.safetensors"):
         load_spiking(tmp_path)

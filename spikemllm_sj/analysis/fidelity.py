@@ -19,6 +19,7 @@ from spikemllm_sj.ann2snn.calibration import Calibration
 from spikemllm_sj.ann2snn.recipe import convert, set_mode
 from spikemllm_sj.config import SpikeConfig
 from spikemllm_sj.models.inputs import generate_tokens
+from spikemllm_sj.neurons import token_mask
 
 __all__ = ["VARIANTS", "VariantOutputs", "ThreeWay", "convert_and_compare"]
 
@@ -54,14 +55,18 @@ class ThreeWay:
         same_logits = self.spike.logits is None or torch.equal(self.spike.logits, self.fake_quant.logits)
         return same_logits and torch.equal(self.spike.tokens, self.fake_quant.tokens)
 
+    def real_tokens(self) -> torch.Tensor:
+        """The real prompt tokens ``[B, L]`` (bool): where ``attention_mask`` is 1."""
+        return token_mask(self.attention_mask, tuple(self.attention_mask.shape))
+
     def logit_cosine(self) -> float:
         """Mean cosine similarity of spiking and float logits over the real prompt tokens."""
-        real = self.attention_mask.bool()
+        real = self.real_tokens()
         return float(F.cosine_similarity(self.spike.logits[real], self.float.logits[real], dim=-1).mean())
 
     def top1_agreement(self) -> float:
         """Share of real prompt tokens whose spiking and float next-token argmax agree."""
-        real = self.attention_mask.bool()
+        real = self.real_tokens()
         agree = self.spike.logits[real].argmax(-1) == self.float.logits[real].argmax(-1)
         return float(agree.float().mean())
 
@@ -88,6 +93,8 @@ def convert_and_compare(
     :return: one :class:`ThreeWay` per batch; the model is left converted, in spike mode.
     """
     batches = list(batches)
+    for batch in batches:  # before any forward: a mask of -1 or 2 is not read as "keep"
+        token_mask(batch["attention_mask"], tuple(batch["input_ids"].shape))
     floats = [_outputs(model, b, new_tokens, logits) for b in tqdm(batches, desc="float model", unit="batch", disable=not progress)]
     with torch.no_grad():
         convert(model, config, calibration, progress=progress)

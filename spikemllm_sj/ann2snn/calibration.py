@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from spikemllm_sj.ann2snn.adapters import adapter_for
-from spikemllm_sj.ann2snn.modalities import modality_ids
+from spikemllm_sj.ann2snn.modalities import modality_ids, require_visual_inputs
 from spikemllm_sj.ann2snn.preconditions import require_eval_mode
 from spikemllm_sj.config import SpikeConfig
 from spikemllm_sj.neurons import Modality, check_finite
@@ -51,6 +51,15 @@ class Calibration:
         if site not in self.absmax:
             raise ValueError(f"the calibration has no statistics for {site}: was it made on this model?")
         return {Modality.parse(name): torch.tensor(values) for name, values in self.absmax[site].items()}
+
+    def merge(self, other: "Calibration") -> None:
+        """Add ``other``'s statistics (made on the same model) to this calibration's."""
+        for site, per_modality in other.absmax.items():
+            for name, values in per_modality.items():
+                self.update(site, Modality.parse(name), torch.tensor(values))
+        for site, h in other.hessians.items():
+            self.hessians[site] = h if site not in self.hessians else self.hessians[site] + h
+        self.batches += other.batches
 
     def add_hessian(self, site: str, x2: torch.Tensor) -> None:
         """Accumulate ``x2^T x2`` of inputs ``[N, in]`` (float64)."""
@@ -112,13 +121,19 @@ def calibrate(
     :param config: the configuration the model will be converted with (its ``convert_lm_head``
         decides whether the output head is calibrated too, its ``weight_method`` whether Hessians
         are recorded).
-    :param resume: a calibration to continue; it is updated and returned.
+    :param resume: a calibration to continue; it is updated and returned. The new batches'
+        statistics are recorded apart and merged into it only once every batch has run, so a
+        failed or interrupted call leaves it as it was (GPTQ: the new Hessians are held apart
+        until then, one more set of them in memory).
+    :raises ValueError: a batch without ``input_ids``, or with image or video placeholders but
+        none of that modality's pixels (the vision tower would not run: nothing calibrates it, and
+        the placeholders' embeddings would be recorded as image statistics).
     """
     config = config or SpikeConfig()
     adapter = adapter_for(model)
     require_eval_mode(model, "calibrating")
     visual_ids = adapter.visual_token_ids(model)
-    calibration = resume if resume is not None else Calibration()
+    calibration = Calibration()
     recorder = _InputRecorder(calibration, hessians=config.weight_method == "gptq")
     handles = [
         module.register_forward_pre_hook(recorder.hook(path, fixed))
@@ -132,6 +147,7 @@ def calibrate(
                 if input_ids is None:
                     raise ValueError("calibration batches need input_ids (to tell image tokens from text)")
                 recorder.ids = modality_ids(visual_ids, input_ids)
+                require_visual_inputs(recorder.ids, batch)
                 model(**batch)
                 seen += 1
     finally:
@@ -139,5 +155,8 @@ def calibrate(
             handle.remove()
     if seen == 0:
         raise ValueError("calibrate needs at least one batch")
-    calibration.batches += seen
-    return calibration
+    calibration.batches = seen
+    if resume is None:
+        return calibration
+    resume.merge(calibration)
+    return resume

@@ -16,7 +16,7 @@ import torch
 
 from spikemllm_sj.neurons import Modality
 
-__all__ = ["ModalitySource", "TokenModalities", "FixedModality", "LastTokens", "modality_ids"]
+__all__ = ["ModalitySource", "TokenModalities", "FixedModality", "LastTokens", "modality_ids", "require_visual_inputs"]
 
 ModalitySource = Callable[[int, int], torch.Tensor]
 """``source(batch, length)`` -> modality ids ``[batch, length]`` (int64)."""
@@ -40,6 +40,25 @@ def modality_ids(
     if mm_token_type_ids is not None:
         return mm_token_type_ids.long()
     raise ValueError("a spike-driven model needs input_ids or mm_token_type_ids to know each token's modality")
+
+
+# The forward argument that carries each visual modality's pixels.
+PIXELS = {Modality.IMAGE: "pixel_values", Modality.VIDEO: "pixel_values_videos"}
+
+
+def require_visual_inputs(ids: torch.Tensor, inputs: Mapping[str, object]) -> None:
+    """Refuse forward ``inputs`` whose tokens (modality ``ids`` ``[B, L]``) include image or video
+    placeholders but which carry none of that modality's pixels: the model would embed the
+    placeholders as plain text tokens (and answer blind, or be calibrated on them as if they were
+    image features). ``generate()`` may pass the vision encoder's outputs or ``inputs_embeds``
+    instead of the pixels; those count as given.
+
+    :raises ValueError: naming the modality and the missing argument.
+    """
+    for modality, pixels in PIXELS.items():
+        given = (pixels, "mm_encoder_outputs", "inputs_embeds")
+        if (ids == modality).any() and all(inputs.get(key) is None for key in given):
+            raise ValueError(f"input_ids hold {modality.name.lower()} tokens but no {pixels} were given")
 
 
 class TokenModalities:

@@ -21,7 +21,7 @@ import torch.nn as nn
 
 from spikemllm_sj.ann2snn.modalities import ModalitySource
 from spikemllm_sj.ann2snn.spike_ops import exact_dtype, spike_matmul
-from spikemllm_sj.neurons import Modality, MSTSConfig, MSTSEncoder, SpikeStats
+from spikemllm_sj.neurons import Modality, MSTSConfig, MSTSEncoder, SpikeStats, level_dtype
 
 __all__ = ["Mode", "MODES", "SiteActivity", "SpikeSite", "MSTSSite"]
 
@@ -105,7 +105,8 @@ class MSTSSite(SpikeSite):
 
     def token_scale(self, ids: torch.Tensor, dtype: torch.dtype) -> Optional[torch.Tensor]:
         """Per-token scales ``[B, L, 1]`` of tokens with modality ``ids`` ``[B, L]`` from the
-        calibration, or None for dynamic (per-token absmax) scales."""
+        calibration (in ``level_dtype(dtype)``, where a small absmax / qmax cannot underflow), or
+        None for dynamic (per-token absmax) scales."""
         if not self.static:
             return None
         codes = self.encoder.config.codes
@@ -116,7 +117,7 @@ class MSTSSite(SpikeSite):
         if torch.isnan(absmax).any():
             missing = sorted({Modality(int(m)).name.lower() for m in ids[torch.isnan(absmax)].unique()})
             raise ValueError(f"this site was calibrated without {', '.join(missing)} tokens")
-        return (absmax / qmax.to(ids.device)[ids]).unsqueeze(-1).to(dtype)
+        return (absmax.to(level_dtype(dtype)) / qmax.to(ids.device)[ids]).unsqueeze(-1)
 
     def quantize_tokens(self, x3: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The integer levels ``[B, L, K]`` and scales ``[B, L, 1]`` of tokens ``x3`` ``[B, L, K]``

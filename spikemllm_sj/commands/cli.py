@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from spikemllm_sj.commands import convert, demo, evaluate, lava, med, report
+from spikemllm_sj.commands import convert, demo, evaluate, lava, med, options, report
 
 __all__ = ["build_parser", "main"]
 
@@ -14,7 +14,7 @@ COMMANDS = (convert, evaluate, med, lava, report, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="spikemllm", description="SpikeMLLM for SpikingJelly: spike-driven multimodal LLMs")
+    parser = options.Parser(prog="spikemllm", description="SpikeMLLM for SpikingJelly: spike-driven multimodal LLMs")
     sub = parser.add_subparsers(dest="command", required=True)
     for command in COMMANDS:
         command.add_parser(sub)

@@ -21,6 +21,7 @@ __all__ = [
     "chunks",
     "shown",
     "record_batches",
+    "require_calibration_data",
     "calibration_for",
     "Conversion",
     "convert_compare_report",
@@ -58,6 +59,13 @@ def record_batches(model, processor, data, batch_size: int) -> tuple[list[dict],
     return batches, about
 
 
+def require_calibration_data(config: SpikeConfig, data) -> None:
+    """Refuse a configuration that needs calibration records (static scales, SmoothQuant, GPTQ)
+    without them, before any work."""
+    if config.needs_calibration and data is None:
+        raise ValueError("this configuration (static scales, SmoothQuant or GPTQ) needs calibration records: give a JSONL of them")
+
+
 def calibration_for(
     model, processor, config: SpikeConfig, data, batch_size: int, progress: bool
 ) -> tuple[Optional[Calibration], Optional[dict]]:
@@ -68,8 +76,7 @@ def calibration_for(
     """
     if not config.needs_calibration:
         return None, None
-    if data is None:
-        raise ValueError("this configuration (static scales, SmoothQuant or GPTQ) needs calibration records: give a JSONL of them")
+    require_calibration_data(config, data)
     batches, about = record_batches(model, processor, data, batch_size)
     return calibrate(model, batches, config, progress=progress), about
 

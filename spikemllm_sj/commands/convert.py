@@ -2,11 +2,12 @@
 convert, compare with the float model and the fake-quant twin, generate, count ops and energy,
 run one layer on Lava, plot, and write a Markdown report.
 
-:func:`run_convert` writes into ``out_dir``: ``run.json`` (configuration, fidelity, answers,
+:func:`run_convert` writes ``out_dir``: ``run.json`` (configuration, fidelity, answers,
 timings), ``op_report.json`` / ``op_report.txt``, ``activity.json`` (spikes per site and
 modality, a raster), ``energy.json`` / ``energy.md``, the saved spiking model
 (``spiking_model/``), and then :func:`~spikemllm_sj.commands.report.render_report` turns them
-into ``report.md`` and its PNG plots.
+into ``report.md`` and its PNG plots. All of it goes into a partial folder that replaces
+``out_dir`` once complete, so a re-run never mixes with the previous run's files.
 
 Inputs: the calibration records come from a JSONL (default: the repository's
 ``data/eval_sample/sample.jsonl``), the compared and generated rows are the example image
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,7 +30,7 @@ from spikemllm_sj.analysis.accelerator import compare, load_params, workload_fro
 from spikemllm_sj.analysis.activity import record_activity
 from spikemllm_sj.analysis.fidelity import VARIANTS
 from spikemllm_sj.analysis.op_report import OpReport
-from spikemllm_sj.ann2snn.recipe import spike_state
+from spikemllm_sj.ann2snn.adapters import adapter_for
 from spikemllm_sj.ann2snn.serialization import save_spiking
 from spikemllm_sj.commands import options
 from spikemllm_sj.commands.common import (
@@ -40,11 +40,14 @@ from spikemllm_sj.commands.common import (
     calibration_for,
     convert_compare_report,
     record_batches,
+    require_calibration_data,
     shown,
 )
 from spikemllm_sj.commands.report import format_summary, render_report
+from spikemllm_sj.commands.run_folder import check_run_folder, run_folder
 from spikemllm_sj.config import SpikeConfig
-from spikemllm_sj.med.analysis import scheduled_config
+from spikemllm_sj.med.analysis import MEDConfig, scheduled_config
+from spikemllm_sj.med.schedule import check_budget
 from spikemllm_sj.models.inputs import decode, encode, model_label, read_image
 from spikemllm_sj.models.loading import ModelLoadError, load_model
 from spikemllm_sj.models.tiny import TINY_MODELS
@@ -74,16 +77,30 @@ def _energy(report: OpReport, config: SpikeConfig) -> dict:
     return {"comparison": comparison.as_dict(), "table": comparison.format_table()}
 
 
-def _lava(model, layer: Optional[str], batch: dict, is_tiny: bool) -> dict:
-    # Lava loads only when a layer runs on it (it forks worker processes and takes seconds to import).
+# Tv/Tt = 3/4 steps, W8, static per-tensor scales calibrated on the calibration records.
+DEFAULT_CONFIG = SpikeConfig(act_scales="static")
+
+
+def _lava_layer(net, layer: Optional[str], config: SpikeConfig, is_tiny: bool) -> Optional[str]:
+    """The module path to run on Lava (``"auto"`` resolved), checked on the float model against
+    what ``convert`` will make spike-driven, before any work on it; None: no Lava run."""
+    if layer == "auto":
+        layer = f"{adapter_for(net).language_model}.layers.0.mlp" if is_tiny else None
+    if layer is not None:
+        # Lava loads only when a layer runs on it (it forks worker processes and takes seconds to import).
+        from spikemllm_sj.lava_backend import check_lava_layer
+
+        check_lava_layer(net, layer, config)
+    return layer
+
+
+def _lava(model, layer: Optional[str], asked: Optional[str], batch: dict) -> dict:
+    if layer is None:
+        reason = "no Lava layer asked for" if asked is None else \
+            "real checkpoints run no Lava layer unless one is named (--lava-layer PATH)"
+        return {"skipped": reason}
     from spikemllm_sj.lava_backend import check_layer
 
-    if layer == "auto":
-        if not is_tiny:
-            return {"skipped": "real checkpoints run no Lava layer unless one is named (--lava-layer PATH)"}
-        layer = f"{spike_state(model).adapter.language_model}.layers.0.mlp"
-    if layer is None:
-        return {"skipped": "no Lava layer asked for"}
     return check_layer(model, layer, batch).as_dict()
 
 
@@ -109,6 +126,33 @@ def _generation(run, questions: list[str], processor) -> list[dict]:
 def _ops(report: OpReport) -> dict:
     return {"spikes": report.spikes, "synops": report.synops, "non_spiking_flops": report.non_spiking_flops["total"],
             "steps_per_token": report.steps_per_token()}
+
+
+def _check_arguments(
+    out_dir, config: Optional[SpikeConfig], calibration_data, image, questions: list[str], new_tokens: int,
+    med_budget: Optional[float], batch_size: int,
+) -> None:
+    """Everything :func:`run_convert` can check before loading the model.
+
+    :raises ValueError: naming the argument, its value and what it accepts.
+    """
+    check_run_folder(out_dir, "run.json", "out_dir")
+    if config is not None and not isinstance(config, SpikeConfig):
+        raise TypeError(f"config must be a SpikeConfig, got {type(config).__name__}")
+    for name, value in (("new_tokens", new_tokens), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if not questions or not all(isinstance(q, str) and q.strip() for q in questions):
+        raise ValueError(f"questions must be one or more non-empty strings, got {questions!r}")
+    if med_budget is not None:
+        check_budget(med_budget, MEDConfig().candidates)
+        if calibration_data is None:
+            raise ValueError("the MED schedule needs calibration records: give a JSONL of them, or no MED budget")
+    require_calibration_data(config or DEFAULT_CONFIG, calibration_data)
+    needed = {"image": image, **({"calibration_data": calibration_data} if calibration_data is not None else {})}
+    for name, path in needed.items():
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{name} {path} is not a file")
 
 
 def _write(out: Path, summary: dict, report: OpReport, activity: dict, energy: dict) -> None:
@@ -149,23 +193,39 @@ def run_convert(
         (:func:`~spikemllm_sj.med.analysis.scheduled_config`, measured on a copy of the model:
         twice its memory); its choice replaces ``config``'s steps. None: ``config``'s steps as given.
     :param dtype: the weights' dtype.
+    :param save_model: save the spiking model in ``out_dir/spiking_model``.
     :return: the contents of ``run.json``.
+
+    Every argument is checked before any work (``lava_layer`` right after loading the model); the
+    run is written into a partial folder that replaces ``out_dir`` only once complete
+    (:mod:`~spikemllm_sj.commands.run_folder`): ``out_dir`` holds one run or none, and a failed or
+    interrupted run leaves the previous one intact.
     """
-    config = config or SpikeConfig(act_scales="static")
     questions = list(questions)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    _check_arguments(out_dir, config, calibration_data, image, questions, new_tokens, med_budget, batch_size)
+    config = config or DEFAULT_CONFIG
+    with run_folder(out_dir, "run.json", "out_dir") as partial:
+        summary = _run(model, Path(out_dir), partial, config, calibration_data, image, questions, new_tokens,
+                       lava_layer, med_budget, save_model, batch_size, seed, dtype, progress)
+    return summary
+
+
+def _run(
+    model: str, out: Path, partial: Path, config: SpikeConfig, calibration_data, image, questions: list[str],
+    new_tokens: int, lava_layer: Optional[str], med_budget: Optional[float], save_model: bool, batch_size: int,
+    seed: int, dtype: torch.dtype, progress: bool,
+) -> dict:
+    """The stages of :func:`run_convert`, written into ``partial`` (to become ``out``)."""
     stage = _Stages()
     with stage("load"):
         net, processor = load_model(model, seed=seed, dtype=dtype)
+        layer = _lava_layer(net, lava_layer, config, model in TINY_MODELS)
         batch = encode(net, processor, [read_image(image)] * len(questions), questions)
     with stage("calibrate"):
         calibration, calibrated_on = calibration_for(net, processor, config, calibration_data, batch_size, progress)
     med = None
     if med_budget is not None:
         with stage("MED schedule"):
-            if calibration_data is None:
-                raise ValueError("the MED schedule needs calibration records: give a JSONL of them, or no MED budget")
             batches, _ = record_batches(net, processor, calibration_data, batch_size)
             config, med = scheduled_config(net, batches, config, calibration, med_budget, progress)
     with stage("convert + compare + generate + op report"):
@@ -175,11 +235,12 @@ def run_convert(
     with stage("energy"):
         energy = _energy(done.report, config)
     with stage("lava"):
-        lava = _lava(net, lava_layer, batch, model in TINY_MODELS)
+        lava = _lava(net, layer, lava_layer, batch)
     saved = None
     if save_model:
         with stage("save"):
-            saved = str(save_spiking(net, out / "spiking_model"))
+            save_spiking(net, partial / "spiking_model")
+            saved = str(out / "spiking_model")
     summary = {
         "model": model,
         "model_class": type(net).__name__,
@@ -196,8 +257,28 @@ def run_convert(
         "saved_model": saved,
         "timings_s": {**stage.seconds, "total": sum(stage.seconds.values())},
     }
-    _write(out, summary, done.report, activity, energy)
+    _write(partial, summary, done.report, activity, energy)
     return summary
+
+
+def _med_budget(text: str) -> Optional[float]:
+    if text == "none":
+        return None
+    try:
+        budget = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of average steps per token or none, got {text!r}") from None
+    try:
+        check_budget(budget, MEDConfig().candidates)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return budget
+
+
+def _question(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must be a non-empty question")
+    return text
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -205,22 +286,32 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "convert",
         help="the whole job: calibrate, convert, compare with the float model and the fake-quant twin, generate, "
         "op and energy report, one layer on Lava, plots and report.md",
+        epilog=options.epilog("the spiking model's logits or tokens differ from its fake-quant twin's, or the Lava layer "
+                              "from PyTorch"),
     )
     options.add_model(parser)
-    parser.add_argument("--out", default="out/run", help="run folder: report.md, plots, JSON, the spiking model (default: out/run)")
+    parser.add_argument(
+        "--out", default="out/run", type=options.run_folder("run.json"),
+        help="run folder: report.md, plots, JSON, the spiking model; a new folder, an empty one or a previous run's, "
+        "which the new run replaces once complete (default: out/run)",
+    )
     options.add_config(parser, act_scales="static")
-    parser.add_argument("--calibration-data", default=str(SAMPLE_DATA), help="JSONL of {image, question, answer} records to calibrate on")
-    parser.add_argument("--image", default=str(EXAMPLE_IMAGE), help="image of the compared and generated rows")
-    parser.add_argument("--question", action="append", help=f"a question about the image (repeatable; default: {' / '.join(QUESTIONS)})")
-    parser.add_argument("--new-tokens", type=int, default=6, help="greedy tokens generated per row (default 6)")
+    parser.add_argument("--calibration-data", default=str(SAMPLE_DATA), type=options.existing_file,
+                        help="JSONL of {image, question, answer} records to calibrate on")
+    parser.add_argument("--image", default=str(EXAMPLE_IMAGE), type=options.existing_file, help="image of the compared and generated rows")
+    parser.add_argument("--question", action="append", type=_question,
+                        help=f"a question about the image (repeatable; default: {' / '.join(QUESTIONS)})")
+    parser.add_argument("--new-tokens", type=options.positive_int, default=6, help="greedy tokens generated per row (default 6)")
     parser.add_argument(
         "--lava-layer", default="auto",
-        help="module path run on Lava; auto: the first decoder layer's MLP on tiny models, none on real ones; none: skip",
+        help="module path run on Lava, checked against the model right after loading; auto: the first decoder layer's "
+        "MLP on tiny models, none on real ones; none: skip",
     )
     parser.add_argument(
-        "--med-budget", default="3.3",
+        "--med-budget", default=3.3, type=_med_budget,
         help="average steps per language-model token for the MED scheduler, whose choice replaces --steps-text/--steps-image "
-        "(measured on a copy of the model); none: use those steps as given (default 3.3)",
+        "(measured on a copy of the model), at least the smallest step count it probes (2); none: use those steps as given "
+        "(default 3.3)",
     )
     parser.add_argument("--no-save", action="store_true", help="do not save the spiking model")
     options.add_seed(parser)
@@ -236,11 +327,10 @@ def run(args: argparse.Namespace) -> int:
             args.model, args.out, options.spike_config(args), calibration_data=args.calibration_data, image=args.image,
             questions=args.question or QUESTIONS, new_tokens=args.new_tokens,
             lava_layer=None if args.lava_layer == "none" else args.lava_layer, save_model=not args.no_save, seed=args.seed,
-            dtype=getattr(torch, args.dtype), med_budget=None if args.med_budget == "none" else float(args.med_budget),
+            dtype=getattr(torch, args.dtype), med_budget=args.med_budget,
         )
-    except (ValueError, ModelLoadError, FileNotFoundError) as error:
-        print(f"spikemllm convert: error: {error}", file=sys.stderr)
-        return 2
+    except (ValueError, TypeError, ModelLoadError, FileNotFoundError) as error:
+        return options.fail("convert", error)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -248,4 +338,4 @@ def run(args: argparse.Namespace) -> int:
         print(f"\nreport: {Path(args.out) / 'report.md'} (plots and JSON beside it); "
               f"command wall time {time.perf_counter() - start:.1f} s")
     lava_ok = result["lava"].get("exact", True)
-    return 0 if result["fidelity"]["spike_equals_twin"] and lava_ok else 1
+    return options.EXIT_OK if result["fidelity"]["spike_equals_twin"] and lava_ok else options.EXIT_INEXACT

@@ -21,11 +21,13 @@ from spikingjelly.activation_based.op_counter import DispatchCounterMode, SynOpC
 from spikemllm_sj.analysis.op_report import OpReport
 from spikemllm_sj.commands import options
 from spikemllm_sj.commands.common import convert_compare_report
+from spikemllm_sj.commands.run_folder import run_folder
 from spikemllm_sj.models.tiny import build_tiny_model, tiny_batch
 from spikemllm_sj.neurons import IntLevels, Modality, MSTSConfig, MSTSEncoder, binary_planes, integrate, quantize
 
 __all__ = ["DemoRow", "ConversionSummary", "run_demo", "run_conversion", "format_table", "add_parser", "run"]
 
+MARKER = "neurons.json"  # what makes a folder a previous demo's
 # Bits of the paper's Tv/Tt = 3/4 (TC-LIF steps): 4 for image tokens, 5 for text tokens.
 BITS = {"text": 5, "image": 4}
 SCHEMES = ("tc_lif", "rate_bidirectional", "rate_binary")
@@ -113,13 +115,6 @@ def format_table(rows: list[DemoRow]) -> str:
     return "\n".join(lines)
 
 
-def _write_neurons(rows: list[DemoRow], info: dict, out_dir: Path) -> Path:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "neurons.json"
-    path.write_text(json.dumps({"info": info, "rows": [r.as_dict() for r in rows]}, indent=2))
-    return path
-
-
 @dataclass(frozen=True)
 class ConversionSummary:
     """The converted tiny model against its fake-quant twin and its FP32 self."""
@@ -165,9 +160,15 @@ def run_conversion(model_name: str = "tiny-qwen2-vl", seed: int = 0, new_tokens:
 
 def add_parser(sub) -> argparse.ArgumentParser:
     parser = sub.add_parser(
-        "demo", help="spike-code a mixed text/image sequence, then convert a tiny offline MLLM and report"
+        "demo", help="spike-code a mixed text/image sequence, then convert a tiny offline MLLM and report",
+        epilog=options.epilog("a decoded spike train differs from the quantizer, or the spiking model from its "
+                              "fake-quant twin"),
     )
-    parser.add_argument("--out", default="out/neurons", help="folder for the JSON results (default: out/neurons)")
+    parser.add_argument(
+        "--out", default="out/neurons", type=options.run_folder(MARKER),
+        help="folder for the JSON results: a new folder, an empty one or a previous demo's, which the new one "
+        "replaces once complete (default: out/neurons; `make demo` writes out/demo)",
+    )
     options.add_seed(parser)
     options.add_model(parser, tiny_only=True)
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
@@ -203,18 +204,20 @@ def _print_conversion(summary: ConversionSummary, out: Path, written: Path) -> N
 
 
 def run(args: argparse.Namespace) -> int:
-    out = Path(args.out)
+    out = args.out
     rows, info = run_demo(seed=args.seed)
-    written = _write_neurons(rows, info, out)
+    neurons = {"info": info, "rows": [r.as_dict() for r in rows]}
     if not args.json:
         _print_neurons(rows, info)
     summary, report = run_conversion(args.model, seed=args.seed)
-    (out / "op_report.json").write_text(report.to_json())
-    (out / "op_report.txt").write_text(report.format_table() + "\n")
-    (out / "conversion.json").write_text(json.dumps(summary.as_dict(), indent=2))
+    with run_folder(out, MARKER, "--out") as partial:
+        (partial / MARKER).write_text(json.dumps(neurons, indent=2))
+        (partial / "op_report.json").write_text(report.to_json())
+        (partial / "op_report.txt").write_text(report.format_table() + "\n")
+        (partial / "conversion.json").write_text(json.dumps(summary.as_dict(), indent=2))
     if args.json:
-        print(json.dumps({"neurons": {"info": info, "rows": [r.as_dict() for r in rows]}, "conversion": summary.as_dict()}, indent=2))
+        print(json.dumps({"neurons": neurons, "conversion": summary.as_dict()}, indent=2))
     else:
-        _print_conversion(summary, out, written)
+        _print_conversion(summary, out, out / MARKER)
     ok = all(r.exact and r.linear_exact for r in rows) and summary.spike_equals_twin
-    return 0 if ok else 1
+    return options.EXIT_OK if ok else options.EXIT_INEXACT

@@ -21,7 +21,8 @@ import torch
 
 from spikemllm_sj.analysis.fidelity import VARIANTS, convert_and_compare
 from spikemllm_sj.commands import options
-from spikemllm_sj.commands.common import SAMPLE_DATA, calibration_for, chunks, shown
+from spikemllm_sj.commands.common import SAMPLE_DATA, calibration_for, chunks, require_calibration_data, shown
+from spikemllm_sj.commands.run_folder import write_file
 from spikemllm_sj.config import SpikeConfig
 from spikemllm_sj.data.records import Problem, is_correct, read_records
 from spikemllm_sj.models.inputs import decode, encode, model_label
@@ -134,6 +135,7 @@ def evaluate(
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     config = config or SpikeConfig()
+    require_calibration_data(config, calibration_data)
     records, problems = read_records(data)
     if not records:
         raise ValueError(f"{data} has no readable record ({len(problems)} lines left out, e.g. line "
@@ -164,15 +166,19 @@ def evaluate(
 
 def add_parser(sub) -> argparse.ArgumentParser:
     parser = sub.add_parser(
-        "eval", help="accuracy of the float model, the fake-quant ANN and the spiking model on {image, question, answer} JSONL"
+        "eval", help="accuracy of the float model, the fake-quant ANN and the spiking model on {image, question, answer} JSONL",
+        epilog=options.epilog("the spiking model's answers differ from its fake-quant twin's, token for token"),
     )
     options.add_model(parser)
-    parser.add_argument("--data", default=str(SAMPLE_DATA), help="JSONL of records (default: the repository's sample)")
+    parser.add_argument("--data", default=str(SAMPLE_DATA), type=options.existing_file,
+                        help="JSONL of records (default: the repository's sample)")
     options.add_config(parser, act_scales="dynamic")
-    parser.add_argument("--calibration-data", default=None, help="JSONL of other records to calibrate on (needed by --act-scales static)")
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--max-new-tokens", type=int, default=8)
-    parser.add_argument("--out", default=None, help="folder to write eval.json in (a run folder: `spikemllm report` adds it)")
+    parser.add_argument("--calibration-data", default=None, type=options.existing_file,
+                        help="JSONL of other records to calibrate on (needed by --act-scales static)")
+    parser.add_argument("--batch-size", type=options.positive_int, default=4)
+    parser.add_argument("--max-new-tokens", type=options.positive_int, default=8)
+    parser.add_argument("--out", default=None, type=options.folder,
+                        help="folder to write eval.json in (a run folder: `spikemllm report` adds it)")
     options.add_seed(parser)
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
     parser.set_defaults(func=run)
@@ -186,17 +192,16 @@ def run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, seed=args.seed, dtype=getattr(torch, args.dtype),
         )
     except (ValueError, ModelLoadError, FileNotFoundError) as error:
-        print(f"spikemllm eval: error: {error}", file=sys.stderr)
-        return 2
+        return options.fail("eval", error)
     for problem in result.problems:
         print(f"spikemllm eval: {args.data}: line {problem.line} left out: {problem.reason}", file=sys.stderr)
     if args.out:
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-        (Path(args.out) / "eval.json").write_text(json.dumps(result.as_dict(), indent=2))
+        args.out.mkdir(parents=True, exist_ok=True)
+        write_file(args.out / "eval.json", json.dumps(result.as_dict(), indent=2))
     if args.json:
         print(json.dumps(result.as_dict(), indent=2))
     else:
         print(result.format_table())
         if args.out:
-            print(f"\nwritten: {Path(args.out) / 'eval.json'}")
-    return 0 if result.spike_equals_twin else 1
+            print(f"\nwritten: {args.out / 'eval.json'}")
+    return options.EXIT_OK if result.spike_equals_twin else options.EXIT_INEXACT

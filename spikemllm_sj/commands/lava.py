@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
-from pathlib import Path
 
 from spikemllm_sj.analysis import accelerator
 from spikemllm_sj.commands import options
 from spikemllm_sj.commands.common import convert_compare_report
+from spikemllm_sj.config import SpikeConfig
 from spikemllm_sj.models.tiny import build_tiny_model, tiny_batch
 
 __all__ = ["add_parser", "run"]
@@ -25,7 +24,8 @@ _PARTS = {
 
 def add_parser(sub) -> argparse.ArgumentParser:
     parser = sub.add_parser(
-        "lava", help="run one converted layer of a tiny model on Lava and check it equals PyTorch bit for bit"
+        "lava", help="run one converted layer of a tiny model on Lava and check it equals PyTorch bit for bit",
+        epilog=options.epilog("the Lava layer differs from PyTorch, or the spiking model from its fake-quant twin"),
     )
     options.add_model(parser, tiny_only=True)
     parser.add_argument(
@@ -35,7 +35,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     )
     parser.add_argument("--precision", default="fixed_pt", choices=("fixed_pt", "floating_pt"))
     options.add_seed(parser)
-    parser.add_argument("--params", type=Path, default=None, help="accelerator parameter file (TOML); default: the packaged one")
+    parser.add_argument("--params", type=options.existing_file, default=None,
+                        help="accelerator parameter file (TOML); default: the packaged one")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     parser.set_defaults(func=run)
     return parser
@@ -65,22 +66,22 @@ def _print(args, check, layer_costs, preset, params_file, build_seconds: float) 
 
 def run(args: argparse.Namespace) -> int:
     # Lava loads only for this command (it forks worker processes and takes seconds to import).
-    from spikemllm_sj.lava_backend import check_layer
+    from spikemllm_sj.lava_backend import check_lava_layer, check_layer
 
     start = time.perf_counter()
-    model = build_tiny_model(args.model, seed=args.seed)
-    batch = tiny_batch(model, batch_size=2, seed=args.seed)
-    done = convert_compare_report(model, batch, None, None, new_tokens=1)
-    build_seconds = time.perf_counter() - start
+    params_file = args.params or accelerator.PARAMS_FILE
     try:
-        check = check_layer(model, args.layer, batch, precision=args.precision)
+        params = accelerator.load_params(params_file)
+        model = build_tiny_model(args.model, seed=args.seed)
+        check_lava_layer(model, args.layer, SpikeConfig())  # on the float model, before converting it
     except (ValueError, TypeError) as error:
-        print(f"spikemllm lava: error: {error}", file=sys.stderr)
-        return 2
+        return options.fail("lava", error)
+    batch = tiny_batch(model, batch_size=2, seed=args.seed)
+    done = convert_compare_report(model, batch, SpikeConfig(), None, new_tokens=1)
+    build_seconds = time.perf_counter() - start
+    check = check_layer(model, args.layer, batch, precision=args.precision)
     # The accelerator's view of the same forward pass: the layer's activity, then the paper's
     # Qwen2VL-7B setting at the firing rates measured here.
-    params_file = args.params or accelerator.PARAMS_FILE
-    params = accelerator.load_params(params_file)
     layer_costs = accelerator.compare(accelerator.workload_from_report(done.report, scope=args.layer), params)
     preset = accelerator.compare(accelerator.paper_preset(accelerator.measured_rates(done.report)), params)
     if args.json:
@@ -88,4 +89,4 @@ def run(args: argparse.Namespace) -> int:
                           "accelerator": {"layer": layer_costs.as_dict(), "paper_preset": preset.as_dict()}}, indent=2))
     else:
         _print(args, check, layer_costs, preset, params_file, build_seconds)
-    return 0 if check.exact and done.run.spike_equals_twin() else 1
+    return options.EXIT_OK if check.exact and done.run.spike_equals_twin() else options.EXIT_INEXACT

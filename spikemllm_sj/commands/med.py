@@ -6,21 +6,22 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
 from spikemllm_sj.commands import options
+from spikemllm_sj.commands.run_folder import run_folder
 from spikemllm_sj.config import SpikeConfig
 from spikemllm_sj.med.analysis import MEDConfig, MEDStudy, Over, analyze, baselines, compare
 from spikemllm_sj.med.plots import plot_med
-from spikemllm_sj.med.schedule import explain
+from spikemllm_sj.med.schedule import check_budget, explain
 from spikemllm_sj.med.steps import ALL
 from spikemllm_sj.models.tiny import build_tiny_model, tiny_batch, tiny_spec, tiny_video_batch
 
 __all__ = ["command", "format_report", "run_med", "tiny_batches", "write_med", "add_parser", "run"]
 
 BATCH_SIZE = 4
+MARKER = "med.json"  # what makes a folder a previous med run's
 
 
 def tiny_batches(model, count: int, seed: int) -> list[dict]:
@@ -50,9 +51,8 @@ def run_med(
 
     :return: the JSON-ready result and the study (its model converted).
     """
-    low = [b for b in budgets if b < min(candidates)]
-    if low:  # before the analysis, which takes a while
-        raise ValueError(f"budget {low[0]:g} is below the smallest step count {min(candidates)}: no plan fits")
+    for budget in budgets:  # before the analysis, which takes a while
+        check_budget(budget, tuple(candidates))
     model = build_tiny_model(model_name, seed=seed)
     calib = tiny_batches(model, calibration_batches, seed)
     held = tiny_batches(model, holdout_batches, seed + 1000)
@@ -273,27 +273,42 @@ def format_report(result: dict) -> str:
 
 
 def write_med(result: dict, out: Path) -> list[Path]:
-    """``med.json``, ``report.md`` and the three PNG figures in ``out``."""
+    """``med.json``, ``report.md`` and the three PNG figures in ``out``, which they replace as a
+    whole (:func:`~spikemllm_sj.commands.run_folder.run_folder`: ``out`` must be new, empty or a
+    previous ``med.json`` folder)."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "med.json").write_text(json.dumps(result, indent=2))
-    (out / "report.md").write_text(format_report(result))
-    return [out / "med.json", out / "report.md", *plot_med(result, out)]
+    with run_folder(out, MARKER, "out") as partial:
+        (partial / MARKER).write_text(json.dumps(result, indent=2))
+        (partial / "report.md").write_text(format_report(result))
+        figures = plot_med(result, partial)
+    return [out / MARKER, out / "report.md", *(out / f.name for f in figures)]
+
+
+def _groups(text: str) -> int:
+    return 0 if text.strip() == "0" else options.positive_int(text)
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
     parser = sub.add_parser(
         "med",
         help="measure MED and per-modality sensitivity of a tiny offline MLLM, schedule MSTS steps, write JSON, report and plots",
+        epilog=options.epilog(),
     )
     options.add_model(parser, tiny_only=True)
-    parser.add_argument("--out", default="out/med", help="folder for med.json, report.md and the PNG figures (default: out/med)")
+    parser.add_argument(
+        "--out", default="out/med", type=options.run_folder(MARKER),
+        help="folder for med.json, report.md and the PNG figures: a new folder, an empty one or a previous med run's, "
+        "which the new one replaces once complete (default: out/med)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="weights and calibration batches (held-out batches: seed + 1000)")
-    parser.add_argument("--batches", type=int, default=2, help="calibration seeds (image batch, plus video batch where the family has video)")
-    parser.add_argument("--holdout", type=int, default=2, help="held-out seeds for the comparison table")
-    parser.add_argument("--candidates", type=int, nargs="+", default=[2, 3, 4, 5, 6, 7], help="step counts probed; the largest is the reference")
-    parser.add_argument("--groups", type=int, default=1, help="decoder layer groups measured apart from the vision tower (0: none)")
-    parser.add_argument("--budgets", type=float, nargs="+", default=[3.0, 3.3, 3.6], help="average steps per token to schedule for")
+    parser.add_argument("--batches", type=options.positive_int, default=2,
+                        help="calibration seeds (image batch, plus video batch where the family has video)")
+    parser.add_argument("--holdout", type=options.positive_int, default=2, help="held-out seeds for the comparison table")
+    parser.add_argument("--candidates", type=options.positive_int, nargs="+", default=[2, 3, 4, 5, 6, 7],
+                        help="step counts probed; the largest is the reference")
+    parser.add_argument("--groups", type=_groups, default=1, help="decoder layer groups measured apart from the vision tower (0: none)")
+    parser.add_argument("--budgets", type=options.positive_float, nargs="+", default=[3.0, 3.3, 3.6],
+                        help="average steps per token to schedule for, each at least the smallest candidate")
     parser.add_argument(
         "--over", default="tokens", choices=("tokens", "sites"),
         help="budget per language-model token (tokens) or per token encoded at any spike-driven site, vision tower included (sites)",
@@ -305,8 +320,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     if importlib.util.find_spec("matplotlib") is None:  # before the analysis, which takes a while
-        print("spikemllm med: error: the figures need matplotlib: pip install matplotlib", file=sys.stderr)
-        return 2
+        return options.fail("med", ValueError("the figures need matplotlib: pip install matplotlib"))
     try:
         result, _ = run_med(
             args.model,
@@ -319,12 +333,11 @@ def run(args: argparse.Namespace) -> int:
             over=args.over,
         )
     except ValueError as error:
-        print(f"spikemllm med: error: {error}", file=sys.stderr)
-        return 2
-    paths = write_med(result, Path(args.out))
+        return options.fail("med", error)
+    paths = write_med(result, args.out)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
         print(_format_summary(result))
         print(f"\nwritten: {', '.join(str(p) for p in paths)}")
-    return 0
+    return options.EXIT_OK

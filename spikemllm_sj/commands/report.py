@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from spikemllm_sj.analysis.plots import plot_run
+from spikemllm_sj.commands import options
 from spikemllm_sj.neurons import MSTSConfig
 
 __all__ = ["render_report", "format_summary", "add_parser", "run"]
@@ -236,7 +236,7 @@ def format_summary(run: dict) -> str:
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    parser = sub.add_parser("report", help="render report.md and the plots of a run folder from its JSON")
+    parser = sub.add_parser("report", help="render report.md and the plots of a run folder from its JSON", epilog=options.epilog())
     parser.add_argument("--run", default="out/run", help="run folder written by `spikemllm convert` (default: out/run)")
     parser.set_defaults(func=run)
     return parser
@@ -246,7 +246,6 @@ def run(args: argparse.Namespace) -> int:
     try:
         path = render_report(args.run)
     except (ValueError, FileNotFoundError) as error:
-        print(f"spikemllm report: error: {error}", file=sys.stderr)
-        return 2
+        return options.fail("report", error)
     print(f"written: {path} and its plots")
-    return 0
+    return options.EXIT_OK

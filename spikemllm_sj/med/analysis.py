@@ -42,7 +42,15 @@ from spikemllm_sj.med.measure import (
     present_modalities,
     record_reference,
 )
-from spikemllm_sj.med.schedule import Candidate, Fidelity, Schedule, SensitivityTable, check_candidates, schedule
+from spikemllm_sj.med.schedule import (
+    Candidate,
+    Fidelity,
+    Schedule,
+    SensitivityTable,
+    check_budget,
+    check_candidates,
+    schedule,
+)
 from spikemllm_sj.med.steps import ALL, VISION, Plan, Sections, decoder_layers, model_sections, steps_applied, uniform_plan
 from spikemllm_sj.neurons import MSTSConfig
 
@@ -397,6 +405,7 @@ def scheduled_config(
     a copy of float ``model`` (:func:`analyze`; twice the model's memory), then the steps per
     modality the scheduler picks for an average of ``budget`` steps per language-model token.
     Modalities absent from ``batches`` keep the configuration's steps."""
+    check_budget(budget, MEDConfig().candidates)  # before the analysis, which takes a while
     study = analyze(copy.deepcopy(model), batches, config, calibration=calibration, progress=progress)
     chosen = study.schedule(budget=budget)
     steps = {modality.name.lower(): code.steps for modality, code in config.msts.codes.items()}

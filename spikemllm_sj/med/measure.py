@@ -20,7 +20,7 @@ from spikemllm_sj.analysis.activity import spike_counts
 from spikemllm_sj.ann2snn.modalities import modality_ids
 from spikemllm_sj.ann2snn.recipe import set_mode, spike_state
 from spikemllm_sj.ann2snn.sites import MSTSSite
-from spikemllm_sj.neurons import Modality, MSTSSpikes
+from spikemllm_sj.neurons import Modality, MSTSSpikes, token_mask
 
 __all__ = [
     "LayerEvolution",
@@ -36,7 +36,8 @@ Batch = Mapping[str, torch.Tensor]
 
 def _real(batch: Batch) -> torch.Tensor:
     mask = batch.get("attention_mask")
-    return torch.ones_like(batch["input_ids"], dtype=torch.bool) if mask is None else mask.bool()
+    ids = batch["input_ids"]
+    return torch.ones_like(ids, dtype=torch.bool) if mask is None else token_mask(mask, tuple(ids.shape))
 
 
 @contextlib.contextmanager
@@ -124,8 +125,8 @@ def record_reference(
     counts = torch.zeros(len(Modality), dtype=torch.long)
     with torch.no_grad(), _layer_io(layers) as io:
         for batch in tqdm(batches, desc="med: FP32 reference", unit="batch", disable=not progress):
-            logits = model(**batch).logits
             real = _real(batch)
+            logits = model(**batch).logits
             # Statistics accumulate on the CPU; outputs stay on the model's device.
             ids = modality_ids(visual_ids, batch["input_ids"])[real].cpu()
             ref.real.append(real)

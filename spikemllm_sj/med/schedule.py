@@ -25,7 +25,7 @@ from typing import Callable, Mapping, Optional, Sequence
 
 from spikemllm_sj.med.steps import ALL, VISION, Plan
 
-__all__ = ["SensitivityTable", "Candidate", "Schedule", "explain", "schedule"]
+__all__ = ["SensitivityTable", "Candidate", "Schedule", "check_budget", "explain", "schedule"]
 
 Fidelity = Callable[[Plan], float]
 MODALITIES = ("text", "image", "video")  # the vision tower's section is "image" even for video frames
@@ -220,6 +220,20 @@ def _search(table: SensitivityTable, fixed: Plan, keep: int) -> list[tuple[int, 
     return out
 
 
+def check_budget(budget: float, candidates: tuple[int, ...]) -> None:
+    """A budget of average steps per token must be a finite number no smaller than the smallest
+    of the step ``candidates`` (no plan fits below it).
+
+    :raises ValueError: naming the budget and the candidates.
+    """
+    if isinstance(budget, bool) or not isinstance(budget, int | float) or not math.isfinite(budget):
+        raise ValueError(f"budget must be a finite number of average steps per token, got {budget!r}")
+    if budget < min(candidates):
+        raise ValueError(
+            f"budget {budget:g} is below the smallest step count {min(candidates)}: no plan fits (candidates {candidates})"
+        )
+
+
 def _check_request(table: SensitivityTable, budget, target, verify, fixed: dict) -> None:
     if (budget is None) == (target is None):
         raise ValueError("give exactly one of budget (average steps per token) and target (fidelity)")
@@ -239,13 +253,7 @@ def _check_request(table: SensitivityTable, budget, target, verify, fixed: dict)
     if free:
         raise ValueError(f"sections {free} are outside the budget (zero weights): give their steps in fixed")
     if budget is not None:
-        if isinstance(budget, bool) or not isinstance(budget, int | float) or not math.isfinite(budget):
-            raise ValueError(f"budget must be a finite number of average steps per token, got {budget!r}")
-        if budget < table.candidates[0]:
-            raise ValueError(
-                f"budget {budget} is below the smallest step count {table.candidates[0]}: no plan fits "
-                f"(candidates {table.candidates})"
-            )
+        check_budget(budget, table.candidates)
     elif isinstance(target, bool) or not isinstance(target, int | float) or not 0 < target <= 1:
         raise ValueError(f"target must be a fidelity in (0, 1], got {target!r}")
 

@@ -1,0 +1,339 @@
+"""Runs and output folders (issue 13, item 5): a folder holds one run or none, a failed or
+interrupted run leaves the previous one intact, every argument is checked before any work, and
+"spiking != fake-quant" has an exit status of its own."""
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from spikemllm_sj.ann2snn.linear import SpikeLinear
+from spikemllm_sj.commands import cli, convert, demo, evaluate, lava, med, options
+from spikemllm_sj.commands.cli import main
+from spikemllm_sj.commands.run_folder import run_folder, write_file
+
+ROOT = Path(__file__).resolve().parents[1]
+# The cheapest whole convert run: dynamic scales, no MED, no Lava, one row, one new token.
+QUICK = ["--act-scales", "dynamic", "--med-budget", "none", "--lava-layer", "none", "--new-tokens", "1",
+         "--question", "What colour is the circle?"]
+
+
+def tree(folder: Path) -> dict[str, str]:
+    """Every file below ``folder`` (relative path -> SHA-256 of its bytes)."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def leftovers(out: Path) -> list[str]:
+    """Partial or previous folders and files that a run left beside ``out``."""
+    return sorted(p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}."))
+
+
+# The run folder itself.
+
+
+def test_a_run_replaces_the_previous_run_as_a_whole(tmp_path):
+    out = tmp_path / "run"
+    with run_folder(out, "run.json") as partial:
+        (partial / "run.json").write_text("first")
+        (partial / "stale.txt").write_text("only in the first run")
+    assert tree(out).keys() == {"run.json", "stale.txt"}
+    with run_folder(out, "run.json") as partial:
+        assert partial.parent == out.parent and partial.name.startswith(".run.partial-")
+        (partial / "run.json").write_text("second")
+    assert tree(out).keys() == {"run.json"} and (out / "run.json").read_text() == "second"
+    assert leftovers(out) == []
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt, RuntimeError])
+def test_a_failed_or_interrupted_run_leaves_the_previous_one_and_nothing_else(tmp_path, error):
+    out = tmp_path / "run"
+    with run_folder(out, "run.json") as partial:
+        (partial / "run.json").write_text("previous")
+    before = tree(out)
+    with pytest.raises(error):
+        with run_folder(out, "run.json") as partial:
+            (partial / "run.json").write_text("half written")
+            raise error
+    assert tree(out) == before and leftovers(out) == []
+
+
+def test_an_interruption_during_the_swap_restores_the_previous_run(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    with run_folder(out, "run.json") as partial:
+        (partial / "run.json").write_text("previous")
+    before = tree(out)
+    calls = []
+    real_replace = os.replace
+
+    def replace(src, dst):
+        calls.append((Path(src).name, Path(dst).name))
+        if len(calls) == 2:  # the previous run is aside, the new one not yet in place
+            raise KeyboardInterrupt
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        with run_folder(out, "run.json") as partial:
+            (partial / "run.json").write_text("new")
+    assert calls[0][1].startswith(".run.previous-") and calls[1][1] == "run"
+    monkeypatch.undo()
+    assert tree(out) == before and leftovers(out) == []
+
+
+def test_a_folder_of_other_files_or_a_file_is_never_replaced(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match=r"holds files but no run.json, so it is not a previous run"):
+        with run_folder(tmp_path, "run.json"):
+            pass
+    with pytest.raises(ValueError, match=r"notes.txt is a file, not a folder"):
+        with run_folder(tmp_path / "notes.txt", "run.json"):
+            pass
+    with pytest.raises(ValueError, match=r"notes.txt is a file, not a folder"):
+        with run_folder(tmp_path / "notes.txt" / "run", "run.json"):
+            pass
+    assert tree(tmp_path) == {"notes.txt": hashlib.sha256(b"mine").hexdigest()}
+
+
+def test_write_file_writes_whole_files(tmp_path, monkeypatch):
+    path = write_file(tmp_path / "eval.json", "old")
+    monkeypatch.setattr(os, "replace", lambda src, dst: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        write_file(path, "new")
+    monkeypatch.undo()
+    assert path.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["eval.json"]
+
+
+# spikemllm convert into an existing run.
+
+
+@pytest.fixture(scope="module")
+def previous_run(tmp_path_factory):
+    """A saved convert run, and the eval.json that ``spikemllm eval --out`` added to it."""
+    out = tmp_path_factory.mktemp("runs") / "run"
+    assert main(["convert", "--out", str(out), *QUICK]) == 0
+    write_file(out / "eval.json", json.dumps({"from": "an earlier model"}))
+    return out
+
+
+def test_a_rerun_without_saving_leaves_no_old_model_or_eval_behind(previous_run, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(previous_run, out)
+    assert (out / "spiking_model").is_dir() and (out / "eval.json").is_file()
+    assert main(["convert", "--out", str(out), *QUICK, "--no-save", "--json"]) == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["saved_model"] is None
+    assert not (out / "spiking_model").exists() and not (out / "eval.json").exists()
+    assert "the spiking model in" not in (out / "report.md").read_text()
+    assert leftovers(out) == []
+
+
+# Interrupted runs: Ctrl-C at each stage of the run leaves the previous run as it was and no
+# partial folder behind.
+STAGES = [
+    ("spikemllm_sj.commands.convert", "load_model", []),
+    ("spikemllm_sj.commands.convert", "calibration_for", [pytest.mark.slow]),
+    ("spikemllm_sj.commands.convert", "convert_compare_report", [pytest.mark.slow]),
+    ("spikemllm_sj.commands.convert", "record_activity", [pytest.mark.slow]),
+    ("spikemllm_sj.commands.convert", "save_spiking", [pytest.mark.slow]),
+    ("spikemllm_sj.commands.convert", "render_report", []),  # the last write: the partial run is complete
+]
+
+
+@pytest.mark.parametrize("module,name", [pytest.param(m, n, marks=marks, id=n) for m, n, marks in STAGES])
+def test_an_interrupted_run_leaves_the_previous_run_intact(previous_run, module, name, monkeypatch):
+    before = tree(previous_run)
+    reached = []
+
+    def interrupt(*args, **kwargs):
+        reached.append(name)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(f"{module}.{name}", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        main(["convert", "--out", str(previous_run), *QUICK, "--act-scales", "static"])
+    assert reached == [name]
+    assert tree(previous_run) == before and leftovers(previous_run) == []
+
+
+@pytest.mark.slow
+def test_sigint_to_a_running_convert_leaves_the_previous_run_intact(previous_run):
+    before = tree(previous_run)
+    command = [sys.executable, "-m", "spikemllm_sj.commands.cli", "convert", "--out", str(previous_run), *QUICK,
+               "--act-scales", "static"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not leftovers(previous_run) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert leftovers(previous_run), "the run never started writing"
+    time.sleep(1.0)  # into loading and calibration
+    process.send_signal(signal.SIGINT)
+    try:
+        _, err = process.communicate(timeout=60)  # a run that ignored Ctrl-C would hang here
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise
+    assert process.returncode in (130, -signal.SIGINT), err
+    assert "KeyboardInterrupt" in err or process.returncode == 130
+    assert tree(previous_run) == before and leftovers(previous_run) == []
+
+
+# Every argument is checked before any work: one line, status 2.
+
+
+class Work:
+    """Records calls to the functions where each command's work begins."""
+
+    def __init__(self, monkeypatch):
+        self.calls = []
+        for module, name in [(convert, "load_model"), (convert, "calibration_for"), (evaluate, "load_model"),
+                             (lava, "build_tiny_model"), (lava, "convert_compare_report"), (med, "build_tiny_model"),
+                             (demo, "run_demo")]:
+            real = getattr(module, name)
+            monkeypatch.setattr(module, name, self.recorder(f"{module.__name__.rpartition('.')[2]}.{name}", real))
+
+    def recorder(self, label, real):
+        def record(*args, **kwargs):
+            self.calls.append(label)
+            return real(*args, **kwargs)
+
+        return record
+
+
+def bad_arguments(tmp_path: Path) -> list:
+    """``(argv, what the message names, work allowed first)``."""
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    others = tmp_path / "others"
+    others.mkdir()
+    (others / "notes.txt").write_text("mine")
+    (tmp_path / "bad.toml").write_text("[accelerator\n")
+    missing = str(tmp_path / "missing.jsonl")
+    return [
+        (["convert", "--out", str(a_file)], "argument --out: .*a_file is a file, not a folder", []),
+        (["convert", "--out", str(a_file / "run")], "argument --out: .*a_file is a file, not a folder", []),
+        (["convert", "--out", str(others)], "argument --out: .*others holds files but no run.json", []),
+        (["convert", "--med-budget", "-1"], "argument --med-budget: budget -1 is below the smallest step count 2", []),
+        (["convert", "--med-budget", "nan"], "argument --med-budget: budget must be a finite number", []),
+        (["convert", "--med-budget", "lots"], "argument --med-budget: must be a number of average steps per token or none", []),
+        (["convert", "--calibration-data", missing], "argument --calibration-data: .*missing.jsonl does not exist", []),
+        (["convert", "--image", str(tmp_path)], "argument --image: .* is not a file", []),
+        (["convert", "--new-tokens", "0"], "argument --new-tokens: must be a positive integer, got '0'", []),
+        (["convert", "--question", " "], "argument --question: must be a non-empty question", []),
+        (["convert", "--steps-text", "-3"], "argument --steps-text: must be a positive integer", []),
+        (["convert", "--steps-text", "5", "--steps-image", "4", "--weight-bits", "1"], "weight_bits must be an int in", []),
+        (["convert", "--out", str(tmp_path / "x"), "--lava-layer", "model.bogus"], "unknown layer 'model.bogus'; valid layers include",
+         ["convert.load_model"]),
+        (["convert", "--out", str(tmp_path / "x"), "--lava-layer", "model.language_model.layers.0.input_layernorm"],
+         "input_layernorm is a Qwen2VLRMSNorm, which cannot run on Lava", ["convert.load_model"]),
+        (["eval", "--out", str(a_file)], "argument --out: .*a_file is a file, not a folder", []),
+        (["eval", "--data", missing], "argument --data: .*does not exist", []),
+        (["eval", "--batch-size", "0"], "argument --batch-size: must be a positive integer", []),
+        (["eval", "--act-scales", "static"], "needs calibration records", []),
+        (["lava", "--params", str(tmp_path / "nonexistent.toml")], "argument --params: .*nonexistent.toml does not exist", []),
+        (["lava", "--params", str(tmp_path / "bad.toml")], "bad.toml|Expected", []),
+        (["lava", "--layer", "model.bogus"], "unknown layer 'model.bogus'", ["lava.build_tiny_model"]),
+        (["med", "--out", str(a_file)], "argument --out: .*a_file is a file, not a folder", []),
+        (["med", "--budgets", "1.5"], "budget 1.5 is below the smallest step count 2", []),
+        (["med", "--budgets", "nan"], "argument --budgets: must be a finite number > 0, got 'nan'", []),
+        (["med", "--candidates", "0", "3"], "argument --candidates: must be a positive integer", []),
+        (["demo", "--out", str(a_file)], "argument --out: .*a_file is a file, not a folder", []),
+        (["report", "--run", str(tmp_path / "nothing")], "is not a run folder of `spikemllm convert`", []),
+    ]
+
+
+def test_bad_arguments_are_one_line_before_any_work(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # the default out/run, out/med, out/neurons are checked too
+    work = Work(monkeypatch)
+    cases = bad_arguments(tmp_path)
+    for argv, message, allowed in cases:
+        work.calls.clear()
+        try:
+            status = main(argv)
+        except SystemExit as exit_:  # argparse's usage errors
+            status = exit_.code
+        err = capsys.readouterr().err
+        assert status == options.EXIT_USAGE, (argv, err)
+        assert err.count("\n") == 1 and err.startswith(f"spikemllm {argv[0]}: error: "), (argv, err)
+        assert re.search(message, err), (argv, err)
+        assert work.calls == allowed, (argv, work.calls)
+    assert not (tmp_path / "x").exists()  # nothing written
+    print(f"{len(cases)} bad arguments: each refused in one line, status 2, before any work")
+
+
+# Exit statuses.
+
+
+def test_every_command_documents_its_exit_statuses(capsys):
+    for command, inexact in [("convert", True), ("eval", True), ("lava", True), ("demo", True), ("med", False), ("report", False)]:
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert "exit status: 0 done; 2 a bad argument or input (one line, before any work);" in text, command
+        assert ("; 3 " in text) == inexact, command
+        assert "1 any other error (with a traceback); 130 interrupted (Ctrl-C)." in text, command
+
+
+def _perturb_spike_mode(monkeypatch, change):
+    """Make the conversion of the commands' compare step give a model whose spike mode is off
+    (``change`` of its output) at its last linear site (the last decoder layer's down projection,
+    before the float output head): what status 3 is for."""
+    from spikemllm_sj.analysis import fidelity
+
+    real = fidelity.convert
+
+    def convert_then_perturb(model, *args, **kwargs):
+        model = real(model, *args, **kwargs)
+        site = [m for m in model.modules() if isinstance(m, SpikeLinear)][-1]
+        site.register_forward_hook(lambda mod, inputs, out: change(out) if mod.mode == "spike" else out)
+        return model
+
+    monkeypatch.setattr(fidelity, "convert", convert_then_perturb)
+
+
+def test_spiking_different_from_fake_quant_is_status_3_and_still_a_complete_run(tmp_path, monkeypatch, capsys):
+    _perturb_spike_mode(monkeypatch, lambda out: torch.nextafter(out, out + 1))  # one ulp: the logits differ
+    out = tmp_path / "run"
+    assert main(["convert", "--out", str(out), *QUICK, "--no-save"]) == options.EXIT_INEXACT
+    assert json.loads((out / "run.json").read_text())["fidelity"]["spike_equals_twin"] is False
+    assert re.search(r"spiking == fake-quant ANN \(bit for bit\) +False", capsys.readouterr().out)
+
+
+@pytest.mark.slow
+def test_eval_answers_different_from_fake_quant_are_status_3(monkeypatch, capsys):
+    # eval compares answers, token for token: a change large enough to move them.
+    _perturb_spike_mode(monkeypatch, lambda out: torch.full_like(out, 1e3))
+    assert main(["eval", "--data", str(ROOT / "data" / "eval_sample" / "sample.jsonl"), "--max-new-tokens", "2"]) == 3
+    assert "spiking answers == fake-quant answers, token for token: False" in capsys.readouterr().out
+
+
+def test_an_unexpected_error_is_not_a_usage_error(tmp_path, monkeypatch):
+    # Status 1 is Python's for the uncaught exception (and its traceback); main does not map it to 2 or 3.
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(convert, "calibration_for", broken)
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(["convert", "--out", str(tmp_path / "run"), *QUICK])
+    assert not (tmp_path / "run").exists() and leftovers(tmp_path / "run") == []
+
+
+# Default folders.
+
+
+def test_each_command_writes_its_own_default_folder():
+    parser = cli.build_parser()
+    defaults = {name: parser.parse_args([name]).out for name in ("convert", "med", "demo")}
+    make_demo = re.search(r"^OUT \?= (\S+)$", (ROOT / "Makefile").read_text(), re.M).group(1)
+    make_med = re.search(r"spikemllm med .*--out (\S+)", (ROOT / "Makefile").read_text()).group(1)
+    folders = [str(p) for p in defaults.values()] + [make_demo, make_med]
+    assert len(set(folders)) == len(folders), folders
+    assert parser.parse_args(["report"]).run == str(defaults["convert"])  # report reads convert's run
