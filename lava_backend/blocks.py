@@ -382,7 +382,7 @@ def run_mlp(mlp: nn.Module, x: torch.Tensor, modality: ModalityArg = None, *, pr
     output = torch.empty(*x3.shape[:2], down.out_features, dtype=x3.dtype)
     for m in sorted(torch.unique(ids).tolist()):
         acc, scale = _run_mlp_modality(parts, m, precision, result)
-        output[(ids == m).cpu()] = down.dequantize(acc.to(down_dtype), scale.to(x3.dtype), x3.dtype)
+        output[(ids == m).cpu()] = down.dequantize(acc.to(down_dtype), scale, x3.dtype)
     result.outputs = {"output": output.to(xt.device).reshape(*xt.shape[:-1], down.out_features)}
     return result
 

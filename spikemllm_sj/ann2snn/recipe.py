@@ -41,7 +41,14 @@ from spikemllm_sj.ann2snn.attention_interface import ATTN_IMPLEMENTATION, regist
 from spikemllm_sj.ann2snn.calibration import Calibration
 from spikemllm_sj.ann2snn.journal import ROLLBACKS, Journal, Rollback
 from spikemllm_sj.ann2snn.linear import SpikeLinear
-from spikemllm_sj.ann2snn.modalities import FixedModality, LastTokens, ModalitySource, TokenModalities, modality_ids
+from spikemllm_sj.ann2snn.modalities import (
+    FixedModality,
+    LastTokens,
+    ModalitySource,
+    TokenModalities,
+    modality_ids,
+    require_visual_inputs,
+)
 from spikemllm_sj.ann2snn.plan import MSTSPlan, SiteRef
 from spikemllm_sj.ann2snn.preconditions import require_eval_mode
 from spikemllm_sj.ann2snn.sites import MODES, Mode, MSTSSite, SpikeSite
@@ -82,12 +89,7 @@ def _is_attention(module: nn.Module) -> bool:
 def _set_token_modalities(visual_ids: dict[Modality, int], modalities: TokenModalities, module, args, kwargs):
     input_ids = kwargs.get("input_ids", args[0] if args else None)
     ids = modality_ids(visual_ids, input_ids, kwargs.get("mm_token_type_ids"))
-    for modality, pixels in ((Modality.IMAGE, "pixel_values"), (Modality.VIDEO, "pixel_values_videos")):
-        # generate() may pass the vision encoder's outputs instead of the pixels.
-        given = (pixels, "mm_encoder_outputs", "inputs_embeds")
-        if (ids == modality).any() and all(kwargs.get(key) is None for key in given):
-            # The model would embed the placeholders as plain text tokens and answer blind.
-            raise ValueError(f"input_ids hold {modality.name.lower()} tokens but no {pixels} were given")
+    require_visual_inputs(ids, kwargs)
     modalities.ids = ids
 
 
