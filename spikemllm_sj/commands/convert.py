@@ -179,7 +179,7 @@ def run_convert(
     saved = None
     if save_model:
         with stage("save"):
-            saved = str(save_spiking(net, out / "spiking_model"))
+            saved = str(save_spiking(net, out / "spiking_model", processor))
     summary = {
         "model": model,
         "model_class": type(net).__name__,
