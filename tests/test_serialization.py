@@ -24,7 +24,9 @@ from spikemllm_sj.models.tiny import build_tiny_model, tiny_batch
 from spikemllm_sj.neurons import MSTSConfig
 from spikemllm_sj.quantization.methods import QuaRot, SmoothQuant
 
-MSTS_6BIT = SpikeConfig(msts=MSTSConfig(steps={"text": 4, "image": 2, "video": 2}), weight_bits=6)
+TV2_TT4 = MSTSConfig(steps={"text": 4, "image": 2, "video": 2})
+MSTS_6BIT = SpikeConfig(msts=TV2_TT4, weight_bits=6)
+STATIC = SpikeConfig(msts=TV2_TT4, act_scales="static")
 
 
 def outputs(model, batch):
@@ -43,13 +45,13 @@ def assert_same_outputs(loaded, reference):
 
 
 def batch_of(model):
-    """The conftest batch of a tiny model, its pixels in the model's dtype."""
+    """A padded two-row batch of a tiny model, its pixels in the model's dtype."""
     batch = tiny_batch(model, batch_size=2, padding=True)
     return {k: v.to(model.dtype) if v.is_floating_point() else v for k, v in batch.items()}
 
 
-def calibrated(name, config):
-    model = build_tiny_model(name)
+def calibrated(name, config, seed=0):
+    model = build_tiny_model(name, seed=seed)
     calibration = calibrate(model, [tiny_batch(model, batch_size=2, seed=s) for s in range(2)], config, progress=False)
     return convert(model, config, calibration=calibration)
 
@@ -63,8 +65,8 @@ def saved_folder(tmp_path_factory, model, processor=None):
 
 @pytest.fixture(scope="module")
 def static_folder(tmp_path_factory):
-    """tiny-llava with calibrated static scales (6-bit weights, Tv/Tt = 2/4), saved with an image processor."""
-    model = calibrated("tiny-llava", dataclasses.replace(MSTS_6BIT, act_scales="static"))
+    """tiny-llava with calibrated static scales (W8, Tv/Tt = 2/4), saved with an image processor."""
+    model = calibrated("tiny-llava", STATIC)
     return saved_folder(tmp_path_factory, model, transformers.CLIPImageProcessorPil())
 
 
@@ -112,8 +114,6 @@ def test_round_trip_gives_identical_logits_and_tokens(tmp_path, name):
 
 
 def test_static_scales_round_trip_through_auto_from_pretrained(static_folder):
-    import spikemllm_sj  # noqa: F401  (registers the quantizer)
-
     folder, reference = static_folder
     loaded = transformers.AutoModelForImageTextToText.from_pretrained(folder)
     assert type(loaded).__name__ == "LlavaForConditionalGeneration"
@@ -126,8 +126,17 @@ def test_rotated_model_round_trips_and_saves_again_with_save_pretrained(rotated_
     folder, reference = rotated_folder
     loaded = transformers.Qwen2VLForConditionalGeneration.from_pretrained(folder)
     assert_same_outputs(loaded, reference)
-    loaded.save_pretrained(tmp_path)  # the loaded model carries the quantizer
+    loaded.save_pretrained(tmp_path, max_shard_size="200KB")  # the loaded model carries the quantizer
+    assert len(list(tmp_path.glob("model-*-of-*.safetensors"))) > 1
     assert_same_outputs(transformers.AutoModelForImageTextToText.from_pretrained(tmp_path), reference)
+
+
+def test_another_class_or_attention_implementation_is_refused(rotated_folder):
+    folder, _ = rotated_folder
+    with pytest.raises(ValueError, match=r"converted from Qwen2VLForConditionalGeneration .*, not Qwen2VLModel"):
+        transformers.AutoModel.from_pretrained(folder)
+    with pytest.raises(ValueError, match=r"attn_implementation='sdpa' was asked for, .*attn_implementation='spikemllm' only"):
+        transformers.Qwen2VLForConditionalGeneration.from_pretrained(folder, attn_implementation="sdpa")
 
 
 def test_rotated_model_with_tied_embeddings_round_trips(tmp_path):
@@ -287,10 +296,7 @@ def test_a_flipped_byte_in_the_tensor_data_is_refused(static_copy):
 
 
 def test_another_seeds_weights_are_refused(static_copy, tmp_path):
-    config = dataclasses.replace(MSTS_6BIT, act_scales="static")
-    other_seed = build_tiny_model("tiny-llava", seed=1)
-    calibration = calibrate(other_seed, [tiny_batch(other_seed, batch_size=2, seed=s) for s in range(2)], config, progress=False)
-    save_spiking(convert(other_seed, config, calibration=calibration), tmp_path / "seed1")
+    save_spiking(calibrated("tiny-llava", STATIC, seed=1), tmp_path / "seed1")
     shutil.copy(tmp_path / "seed1" / "model.safetensors", static_copy / "model.safetensors")
     with pytest.raises(CheckpointError, match=r"model.safetensors was not saved with this config.json"):
         load_spiking(static_copy)

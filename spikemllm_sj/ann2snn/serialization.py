@@ -5,7 +5,6 @@ loading verifies it)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -19,6 +18,7 @@ from spikemllm_sj.integrations.transformers_quantizer import (
     CheckpointError,
     SpikeMLLMConfig,
     attach_quantizer,
+    read_json_file,
 )
 
 __all__ = ["save_spiking", "load_spiking"]
@@ -59,12 +59,7 @@ def load_spiking(folder: str | Path, device_map=None) -> nn.Module:
     :raises CheckpointError: a file is missing, malformed or does not verify (the message names it).
     """
     path = Path(folder) / CONFIG_FILE
-    if not path.is_file():
-        raise CheckpointError(f"{folder} is not a saved spiking model: {CONFIG_FILE} is missing")
-    try:
-        config = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise CheckpointError(f"{path} is not JSON ({error})") from None
+    config = read_json_file(path)
     if not isinstance(config, dict):
         raise CheckpointError(f"{path} must hold a JSON object, got {type(config).__name__}")
     if "quantization_config" not in config:

@@ -55,6 +55,7 @@ __all__ = [
     "SpikeMLLMQuantizer",
     "attach_quantizer",
     "read_header",
+    "read_json_file",
 ]
 
 QUANT_METHOD = "spikemllm"
@@ -185,6 +186,19 @@ def read_header(weights: str | Path) -> dict:
     return header
 
 
+def read_json_file(path: Path) -> Any:
+    """The JSON value in the file at ``path``.
+
+    :raises CheckpointError: the file is missing or not JSON.
+    """
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise CheckpointError(f"{path} is not JSON ({error})") from None
+
+
 def _state_sha256(tensors: dict, buffers: dict) -> str:
     """What ``config.json`` records of the weights: the SHA-256 of their two manifests."""
     return json_sha256({"tensors": tensors, "buffers": buffers})
@@ -207,13 +221,7 @@ def _check_json_file(folder: Path, name: str, saved: Optional[dict], weights: st
         if path.is_file():
             raise CheckpointError(f"{path}: the model was saved without {name}")
         return
-    if not path.is_file():
-        raise CheckpointError(f"{path} is missing")
-    try:
-        found = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise CheckpointError(f"{path} is not JSON ({error})") from None
-    changed = _json_differences(saved, found)
+    changed = _json_differences(saved, read_json_file(path))
     if changed:
         raise CheckpointError(f"{path}: fields {changed} differ from the {name} saved with the weights in {weights}")
 
