@@ -362,7 +362,6 @@ def claim(model, **fields):
         (lambda m: first_linear(m).qweight.view(-1)[0].fill_(-128), r"qweight holds levels in \[-128, \d+\], outside \[-127, 127\]"),
         (lambda m: claim(m, weight_bits=4), r"qweight holds levels in \[-\d+, \d+\], outside \[-7, 7\], .*weight_bits=4"),
         (lambda m: claim(m, act_scales="static"), r"static_absmax holds no calibrated scale, but .*act_scales is 'static'"),
-        (lambda m: claim(m, prob_bits=4), r"pv.prob.scale is .*, the configuration fixes it to"),
     ],
 )
 def test_consistent_folders_that_misdescribe_their_tensors_are_refused(tmp_path, tamper, message):

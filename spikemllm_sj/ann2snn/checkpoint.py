@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 from transformers.modeling_utils import local_torch_dtype
 
-from spikemllm_sj.ann2snn.attention import SpikeContext
 from spikemllm_sj.ann2snn.calibration import Calibration
 from spikemllm_sj.ann2snn.linear import SpikeLinear
 from spikemllm_sj.ann2snn.recipe import convert
@@ -32,7 +30,7 @@ from spikemllm_sj.digests import tensor_sha256
 from spikemllm_sj.integrations.transformers_quantizer import CheckpointError, dtype_name
 from spikemllm_sj.neurons import Modality
 
-__all__ = ["Skeleton", "state_manifest", "buffer_manifest", "build_skeleton", "check_loaded", "restore_buffers"]
+__all__ = ["Layout", "state_manifest", "buffer_manifest", "build_skeleton", "check_loaded", "restore_buffers"]
 
 Manifest = dict[str, list]
 """Tensor name (a ``state_dict`` key) -> ``[dtype name, shape, SHA-256]``."""
@@ -58,22 +56,14 @@ def buffer_manifest(model: nn.Module) -> Manifest:
     return {key: _entry(b) for key, b in _unsaved_buffers(model).items()}
 
 
-@dataclass(frozen=True)
-class Skeleton:
-    """What a converted skeleton expects of the tensors loaded into it.
-
-    :param layout: per ``state_dict`` key, ``(dtype name, shape)`` as the configuration gives them.
-    :param fixed: tensors whose values the configuration alone determines (the attention
-        probabilities' fixed scale), by key.
-    """
-
-    layout: dict[str, tuple[str, tuple[int, ...]]]
-    fixed: dict[str, torch.Tensor]
+Layout = dict[str, tuple[str, tuple[int, ...]]]
+"""Tensor name -> ``(dtype name, shape)``: what a converted skeleton expects of the tensors loaded into it."""
 
 
-def build_skeleton(model: nn.Module, config: SpikeConfig, device: torch.device) -> Skeleton:
+def build_skeleton(model: nn.Module, config: SpikeConfig, device: torch.device) -> Layout:
     """Give ``model``, a ``from_pretrained`` skeleton on the meta device, the structure ``convert``
-    gives it with ``config``, on ``device``, with placeholder values for the saved tensors to replace.
+    gives it with ``config``, on ``device``, with placeholder values for the saved tensors to replace;
+    return its layout.
 
     The structure depends neither on the calibration nor on the weight method, so the skeleton is
     converted from zero weights with dynamic scales and round-to-nearest weights, and with unit
@@ -88,14 +78,7 @@ def build_skeleton(model: nn.Module, config: SpikeConfig, device: torch.device) 
                 tensor.zero_()
         structure = dataclasses.replace(config, act_scales="dynamic", weight_method="rtn")
         convert(model.eval(), structure, calibration=_unit_calibration(model) if structure.needs_calibration else None)
-    layout = {key: (dtype_name(t.dtype), tuple(t.shape)) for key, t in model.state_dict().items()}
-    fixed = {
-        f"{path}.{key}": t.detach().clone()
-        for path, module in model.named_modules()
-        if isinstance(module, SpikeContext)
-        for key, t in module.state_dict().items()
-    }
-    return Skeleton(layout, fixed)
+    return {key: (dtype_name(t.dtype), tuple(t.shape)) for key, t in model.state_dict().items()}
 
 
 def _unit_calibration(model: nn.Module) -> Calibration:
@@ -110,30 +93,25 @@ def _unit_calibration(model: nn.Module) -> Calibration:
     )
 
 
-def check_loaded(model: nn.Module, skeleton: Skeleton, manifest: Manifest, config: SpikeConfig, source: str) -> None:
+def check_loaded(model: nn.Module, layout: Layout, manifest: Manifest, config: SpikeConfig, source: str) -> None:
     """Check the tensors loaded into a skeleton (see the module docstring).
 
     :param source: the weights file, for the messages.
     :raises CheckpointError: the first tensor that fails, by name.
     """
     state = model.state_dict()
-    _check_names(set(state), set(skeleton.layout), "the configuration's converted model", source)
+    _check_names(set(state), set(layout), "the configuration's converted model", source)
     _check_names(set(state), set(manifest), "the manifest in its header", source)
     for key, tensor in state.items():
         got = (dtype_name(tensor.dtype), tuple(tensor.shape))
-        if got != skeleton.layout[key]:
+        if got != layout[key]:
             raise CheckpointError(
-                f"{source}: {key} is {got[0]} {list(got[1])}, the configuration gives "
-                f"{skeleton.layout[key][0]} {list(skeleton.layout[key][1])}"
+                f"{source}: {key} is {got[0]} {list(got[1])}, the configuration gives {layout[key][0]} {list(layout[key][1])}"
             )
         dtype, shape, digest = manifest[key]
         if [got[0], list(got[1]), tensor_sha256(tensor)] != [dtype, shape, digest]:
             raise CheckpointError(
                 f"{source}: {key} differs from its manifest entry ({dtype} {shape}, SHA-256 {digest}): the data are corrupted"
-            )
-        if key in skeleton.fixed and not torch.equal(tensor, skeleton.fixed[key].to(tensor.device)):
-            raise CheckpointError(
-                f"{source}: {key} is {tensor.tolist()}, the configuration fixes it to {skeleton.fixed[key].tolist()}"
             )
     for path, module in model.named_modules():
         if isinstance(module, SpikeLinear):

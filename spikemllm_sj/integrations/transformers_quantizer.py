@@ -260,7 +260,7 @@ class SpikeMLLMQuantizer(HfQuantizer):
     def __init__(self, quantization_config: SpikeMLLMConfig, **kwargs):
         super().__init__(quantization_config, **kwargs)
         self.device = torch.device("cpu")
-        self.pending = None  # (header, skeleton, weights file name) between the two loading hooks
+        self.pending = None  # (header, skeleton layout, weights file name) between the two loading hooks
 
     def is_serializable(self) -> bool:
         return True
@@ -328,23 +328,23 @@ class SpikeMLLMQuantizer(HfQuantizer):
             found = file_sha256(path)
             if found != digest:
                 raise CheckpointError(f"{path}: SHA-256 {found}, {_field('files')} records {digest}")
-        skeleton = build_skeleton(model, SpikeConfig.from_dict(config.spike_config), self.device)
+        layout = build_skeleton(model, SpikeConfig.from_dict(config.spike_config), self.device)
         # Every loaded tensor comes from the file: transformers' weight initialisation must not run
         # on the converted layers or the modules around them (it would look for float weights);
         # the other modules (rotary embeddings) still recompute their non-persistent buffers.
         for module in model.modules():
             if any(isinstance(m, (SpikeSite, SpikeLinear)) for m in module.modules()):
                 module._is_hf_initialized = True
-        self.pending = (header, skeleton, weights.name)
+        self.pending = (header, layout, weights.name)
 
     def _process_model_after_weight_loading(self, model: nn.Module, **kwargs):
         from spikemllm_sj.ann2snn.checkpoint import check_loaded, restore_buffers
         from spikemllm_sj.ann2snn.recipe import spike_state
 
-        header, skeleton, source = self.pending
+        header, layout, source = self.pending
         self.pending = None
         config = SpikeConfig.from_dict(self.quantization_config.spike_config)
-        check_loaded(model, skeleton, header["tensors"], config, source)
+        check_loaded(model, layout, header["tensors"], config, source)
         restore_buffers(model, header["buffers"], source)
         # Static scales came back with the tensors; the state says so.
         spike_state(model).config = config
