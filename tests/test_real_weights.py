@@ -207,6 +207,33 @@ def test_the_spiking_llava_equals_its_fake_quant_twin_on_real_weights(fresh_llav
 
 @pytest.mark.slow
 @pytest.mark.weights
+def test_the_spiking_llava_saves_with_its_tokenizer_and_reloads_bit_for_bit(fresh_llava, tmp_path):
+    import transformers
+
+    from spikemllm_sj import load_spiking, save_spiking
+    from spikemllm_sj.integrations.transformers_quantizer import CheckpointError
+
+    model, tokenizer = fresh_llava
+    snn = convert(copy.deepcopy(model).to(torch.bfloat16), SpikeConfig())
+    batch = tokenizer(["What shape is it?", "Which colour?"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        logits = snn(**batch).logits
+    save_spiking(snn, tmp_path, tokenizer)
+    recorded = transformers.AutoConfig.from_pretrained(tmp_path).quantization_config["files"]
+    assert {"tokenizer.json", "tokenizer_config.json"} <= set(recorded)
+    loaded = transformers.AutoModelForImageTextToText.from_pretrained(tmp_path)
+    with torch.no_grad():
+        again = loaded(**batch).logits
+    assert again.dtype == torch.bfloat16 and torch.equal(again, logits)
+    assert transformers.AutoTokenizer.from_pretrained(tmp_path)("a b").input_ids == tokenizer("a b").input_ids
+    with open(tmp_path / "tokenizer.json", "a") as f:
+        f.write(" ")
+    with pytest.raises(CheckpointError, match=r"tokenizer.json: SHA-256 .* records"):
+        load_spiking(tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.weights
 def test_the_shipped_llava_reproduces_its_recorded_accuracy(smollm2_cache, test_split):
     """The shipped weights are the trained ones: on this CPU they answer the recorded subset exactly as
     recorded (the 500-question figure was measured on the training GPU; see the JSON)."""

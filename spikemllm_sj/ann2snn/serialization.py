@@ -1,56 +1,77 @@
-"""Save and load converted models: safetensors weights plus JSON configs.
-
-A saved folder holds ``config.json`` (the ``transformers`` model config), ``spike_config.json``
-(the :class:`~spikemllm_sj.config.SpikeConfig`) and ``model.safetensors`` (the converted state:
-integer weights and their scales, everything that stayed in float).
-"""
+"""``save_spiking`` / ``load_spiking``: a converted model (and its processor) to a folder and back,
+through ``save_pretrained`` / ``from_pretrained`` and the ``"spikemllm"`` transformers quantizer
+(:mod:`spikemllm_sj.integrations.transformers_quantizer` says what the folder holds and how
+loading verifies it)."""
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from pathlib import Path
+from typing import Optional
 
 import torch.nn as nn
 import transformers
-from safetensors.torch import load_model, save_model
 
-from spikemllm_sj.ann2snn.recipe import convert, spike_state
-from spikemllm_sj.config import SpikeConfig
+from spikemllm_sj.digests import file_sha256
+from spikemllm_sj.integrations.transformers_quantizer import (
+    CONFIG_FILE,
+    GENERATION_CONFIG_FILE,
+    CheckpointError,
+    SpikeMLLMConfig,
+    attach_quantizer,
+    read_json_file,
+)
 
 __all__ = ["save_spiking", "load_spiking"]
 
-SPIKE_CONFIG = "spike_config.json"
-WEIGHTS = "model.safetensors"
+
+def _is_model_file(name: str) -> bool:
+    return name in (CONFIG_FILE, GENERATION_CONFIG_FILE) or name.startswith("model.safetensors") or (
+        name.startswith("model-") and name.endswith(".safetensors")
+    )
 
 
-def save_spiking(model: nn.Module, folder: str | Path) -> Path:
-    """Write converted ``model`` to ``folder`` (created if needed)."""
-    state = spike_state(model)
+def save_spiking(model: nn.Module, folder: str | Path, processor=None) -> Path:
+    """Write converted ``model`` (and ``processor``, when given) to ``folder`` (created if needed):
+    ``processor.save_pretrained`` first, then ``model.save_pretrained`` with the quantizer
+    attached, which records the SHA-256 of every file already in the folder besides the model's.
+
+    :return: the folder.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    model.config.to_json_file(folder / "config.json")
-    (folder / SPIKE_CONFIG).write_text(
-        json.dumps({"model_class": type(model).__name__, "spike_config": state.config.to_dict()}, indent=2)
-    )
-    save_model(model, str(folder / WEIGHTS))
+    if processor is not None:
+        processor.save_pretrained(folder)
+    files = {
+        path.relative_to(folder).as_posix(): file_sha256(path)
+        for path in sorted(folder.rglob("*"))
+        if path.is_file() and not _is_model_file(path.relative_to(folder).as_posix())
+    }
+    attach_quantizer(model, files)
+    model.save_pretrained(folder)
     return folder
 
 
-def load_spiking(folder: str | Path) -> nn.Module:
-    """Rebuild a converted model from ``folder`` (written by :func:`save_spiking`), in eval mode."""
-    folder = Path(folder)
-    missing = [name for name in ("config.json", SPIKE_CONFIG, WEIGHTS) if not (folder / name).is_file()]
-    if missing:
-        raise FileNotFoundError(f"{folder} is not a saved spiking model: missing {', '.join(missing)}")
-    meta = json.loads((folder / SPIKE_CONFIG).read_text())
-    model_class = getattr(transformers, meta["model_class"], None)
-    if model_class is None:
-        raise ValueError(f"transformers has no class {meta['model_class']!r}")
-    config = model_class.config_class.from_json_file(folder / "config.json")
-    spike_config = SpikeConfig.from_dict(meta["spike_config"])
-    # Static scales come back with the weights (each site's calibrated absmax is a buffer).
-    model = convert(model_class(config).eval(), dataclasses.replace(spike_config, act_scales="dynamic"))
-    load_model(model, str(folder / WEIGHTS))
-    spike_state(model).config = spike_config
-    return model
+def load_spiking(folder: str | Path, device_map=None) -> nn.Module:
+    """The converted model saved in ``folder`` by :func:`save_spiking` (or ``save_pretrained``), in
+    eval mode: ``from_pretrained`` of the class its ``config.json`` names.
+
+    :param device_map: one device (``"cpu"``, ``"cuda:0"``); default: the CPU.
+    :raises CheckpointError: a file is missing, malformed or does not verify (the message names it).
+    """
+    path = Path(folder) / CONFIG_FILE
+    config = read_json_file(path)
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path} must hold a JSON object, got {type(config).__name__}")
+    if "quantization_config" not in config:
+        earlier = " (its spike_config.json is the unversioned format of earlier releases, not read any more: convert the float model again)"
+        raise CheckpointError(
+            f"{path} has no quantization_config: {folder} holds no converted model of this format"
+            f"{earlier if (Path(folder) / 'spike_config.json').is_file() else ''}; save one with save_spiking"
+        )
+    quantization = SpikeMLLMConfig.from_dict(config["quantization_config"])
+    model_class = getattr(transformers, quantization.model_class, None)
+    if not (isinstance(model_class, type) and issubclass(model_class, transformers.PreTrainedModel)):
+        raise CheckpointError(
+            f"{path}: quantization_config.model_class is {quantization.model_class!r}, not a transformers model class"
+        )
+    return model_class.from_pretrained(folder, device_map=device_map)

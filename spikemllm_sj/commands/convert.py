@@ -239,7 +239,7 @@ def _run(
     saved = None
     if save_model:
         with stage("save"):
-            save_spiking(net, partial / "spiking_model")
+            save_spiking(net, partial / "spiking_model", processor)
             saved = str(out / "spiking_model")
     summary = {
         "model": model,

@@ -13,7 +13,6 @@ that the vocabulary, and with it the language model and its tied output head, st
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import torch.nn as nn
 from safetensors.torch import load_file, save_file
 from transformers import CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration
 
+from spikemllm_sj.digests import file_sha256
 from spikemllm_sj.models.real_weights import load_smollm2
 
 __all__ = [
@@ -95,7 +95,7 @@ def save_vision(model, path: Path, meta: dict) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(vision_state(model), str(path))
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    digest = file_sha256(path)
     path.with_suffix(".json").write_text(json.dumps({**meta, "sha256": digest}, indent=2) + "\n")
     return path
 
@@ -111,7 +111,7 @@ def load_easyvqa_llava(weights: Path = VISION_WEIGHTS, cache: Path | None = None
     if not weights.is_file() or not meta_path.is_file():
         raise FileNotFoundError(f"{weights} or {meta_path} is missing; train them with bench/train_easyvqa.py")
     meta = json.loads(meta_path.read_text())
-    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    digest = file_sha256(weights)
     if digest != meta.get("sha256"):
         raise ValueError(f"{weights} has SHA-256 {digest}, its JSON records {meta.get('sha256')}: the file is corrupted")
     lm, tokenizer = load_smollm2(cache)

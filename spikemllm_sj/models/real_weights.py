@@ -13,13 +13,14 @@ Run ``python -m spikemllm_sj.models.real_weights`` (``make weights``) to build t
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib.util
 import os
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+from spikemllm_sj.digests import file_sha256
 
 __all__ = [
     "CacheError",
@@ -77,14 +78,6 @@ def gguf_path() -> Path:
     return path
 
 
-def sha256(path: Path, chunk: int = 1 << 24) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def verify_cache(folder: Path | None = None, expected: dict[str, str] | None = None) -> Path:
     """Check that ``folder`` (default: the SmolLM2 cache) holds every file with its recorded digest.
 
@@ -101,7 +94,7 @@ def verify_cache(folder: Path | None = None, expected: dict[str, str] | None = N
             f"the SmolLM2 cache {folder} is missing {', '.join(missing)}; build it with: {REBUILD_COMMAND}"
         )
     for name, want in expected.items():
-        got = sha256(folder / name)
+        got = file_sha256(folder / name)
         if got != want:
             raise CacheError(
                 f"{folder / name} is corrupted: SHA-256 {got}, expected {want}; rebuild it with: {REBUILD_COMMAND}"
@@ -149,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_digests:
         build_cache(folder, check=False)
         for name in EXPECTED_SHA256:
-            print(f"{name}: {sha256(folder / name)}")
+            print(f"{name}: {file_sha256(folder / name)}")
         return 0
     if not args.rebuild:
         try:
