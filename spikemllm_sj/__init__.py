@@ -28,8 +28,8 @@ _LAZY = {
     "calibrate": "spikemllm_sj.ann2snn.calibration",
     "Calibration": "spikemllm_sj.ann2snn.calibration",
     "op_report": "spikemllm_sj.analysis.op_report",
-    "save_spiking": "spikemllm_sj.ann2snn.serialization",
-    "load_spiking": "spikemllm_sj.ann2snn.serialization",
+    "save_spiking": "spikemllm_sj.integrations.serialization",
+    "load_spiking": "spikemllm_sj.integrations.serialization",
 }
 __all__ = ["__version__", *_LAZY]
 

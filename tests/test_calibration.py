@@ -6,7 +6,7 @@ import torch
 from spikemllm_sj import Calibration, SpikeConfig, calibrate, convert, set_mode
 from spikemllm_sj.ann2snn.linear import SpikeLinear
 from spikemllm_sj.ann2snn.recipe import spike_state
-from spikemllm_sj.ann2snn.serialization import load_spiking, save_spiking
+from spikemllm_sj.integrations.serialization import load_spiking, save_spiking
 from spikemllm_sj.models.tiny import build_tiny_model, tiny_batch
 
 STATIC = SpikeConfig(act_scales="static")

@@ -9,9 +9,9 @@ from properties import examples
 
 from spikemllm_sj import SpikeConfig, calibrate, convert, op_report
 from spikemllm_sj.ann2snn.recipe import set_msts, spike_state
-from spikemllm_sj.ann2snn.serialization import load_spiking, save_spiking
 from spikemllm_sj.ann2snn.sites import MSTSSite
 from spikemllm_sj.commands.cli import main
+from spikemllm_sj.integrations.serialization import load_spiking, save_spiking
 from spikemllm_sj.med import (
     ALL,
     VISION,

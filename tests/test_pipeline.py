@@ -8,12 +8,12 @@ from PIL import Image
 from spikemllm_sj.analysis.activity import layer_group, record_activity
 from spikemllm_sj.analysis.op_report import op_report
 from spikemllm_sj.ann2snn.recipe import convert
-from spikemllm_sj.ann2snn.serialization import load_spiking
 from spikemllm_sj.commands.cli import main
 from spikemllm_sj.commands.common import EXAMPLE_IMAGE, QUESTIONS
 from spikemllm_sj.commands.convert import run_convert
 from spikemllm_sj.commands.report import render_report
 from spikemllm_sj.config import SpikeConfig
+from spikemllm_sj.integrations.serialization import load_spiking
 from spikemllm_sj.models.inputs import encode
 from spikemllm_sj.models.tiny import build_tiny_model, tiny_batch
 

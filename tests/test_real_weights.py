@@ -211,7 +211,7 @@ def test_the_spiking_llava_saves_with_its_tokenizer_and_reloads_bit_for_bit(fres
     import transformers
 
     from spikemllm_sj import load_spiking, save_spiking
-    from spikemllm_sj.integrations.transformers_quantizer import CheckpointError
+    from spikemllm_sj.ann2snn.checkpoint_format import CheckpointError
 
     model, tokenizer = fresh_llava
     snn = convert(copy.deepcopy(model).to(torch.bfloat16), SpikeConfig())

@@ -16,10 +16,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from spikemllm_sj import SpikeConfig, calibrate, convert
+from spikemllm_sj.ann2snn.checkpoint_format import CheckpointError
 from spikemllm_sj.ann2snn.linear import SpikeLinear
 from spikemllm_sj.ann2snn.recipe import spike_state
-from spikemllm_sj.ann2snn.serialization import load_spiking, save_spiking
-from spikemllm_sj.integrations.transformers_quantizer import CheckpointError
+from spikemllm_sj.integrations.serialization import load_spiking, save_spiking
 from spikemllm_sj.models.tiny import build_tiny_model, tiny_batch
 from spikemllm_sj.neurons import MSTSConfig
 from spikemllm_sj.quantization.methods import QuaRot, SmoothQuant
@@ -249,7 +249,7 @@ def test_import_spikemllm_sj_registers_the_quantizer_without_importing_transform
 
 
 def test_a_float_checkpoint_cannot_be_converted_by_from_pretrained(tmp_path):
-    from spikemllm_sj.integrations.transformers_quantizer import SpikeMLLMConfig
+    from spikemllm_sj.ann2snn.checkpoint_format import SpikeMLLMConfig
 
     build_tiny_model("tiny-llava").save_pretrained(tmp_path)
     config = SpikeMLLMConfig(spike_config=SpikeConfig().to_dict(), dtype="float32", model_class="LlavaForConditionalGeneration")
@@ -344,9 +344,22 @@ def test_a_quantization_config_that_is_a_list_names_the_field(static_copy):
         load_spiking(static_copy)
 
 
+def test_a_converted_model_saves_with_plain_save_pretrained(tmp_path):
+    # convert attaches the quantizer: save_pretrained right after it writes a verified folder.
+    model = convert(build_tiny_model("tiny-llava"), SpikeConfig())
+    batch = tiny_batch(model, batch_size=2)
+    model.save_pretrained(tmp_path)
+    loaded = transformers.AutoModelForImageTextToText.from_pretrained(tmp_path)
+    with torch.no_grad():
+        assert torch.equal(loaded(**batch).logits, model(**batch).logits)
+
+
 def test_a_folder_of_the_earlier_unversioned_format_is_refused_by_name(tmp_path):
     model = convert(build_tiny_model("tiny-llava"), SpikeConfig())
-    model.save_pretrained(tmp_path)  # no quantizer attached: what the earlier save_spiking wrote, plus its JSON
+    # What the earlier save_spiking wrote: the model without its quantizer, plus its JSON.
+    model.hf_quantizer = None
+    del model.config.quantization_config
+    model.save_pretrained(tmp_path)
     (tmp_path / "spike_config.json").write_text(json.dumps({"model_class": "LlavaForConditionalGeneration", "spike_config": SpikeConfig().to_dict()}))
     with pytest.raises(CheckpointError, match=r"no quantization_config: .* spike_config.json is the unversioned format"):
         load_spiking(tmp_path)

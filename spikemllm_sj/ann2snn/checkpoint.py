@@ -22,12 +22,12 @@ import torch.nn as nn
 from transformers.modeling_utils import local_torch_dtype
 
 from spikemllm_sj.ann2snn.calibration import Calibration
+from spikemllm_sj.ann2snn.checkpoint_format import CheckpointError, dtype_name
 from spikemllm_sj.ann2snn.linear import SpikeLinear
 from spikemllm_sj.ann2snn.recipe import convert
 from spikemllm_sj.ann2snn.sites import MSTSSite
 from spikemllm_sj.config import SpikeConfig
 from spikemllm_sj.digests import tensor_sha256
-from spikemllm_sj.integrations.transformers_quantizer import CheckpointError, dtype_name
 from spikemllm_sj.neurons import Modality
 
 __all__ = ["Layout", "state_manifest", "buffer_manifest", "build_skeleton", "check_loaded", "restore_buffers"]

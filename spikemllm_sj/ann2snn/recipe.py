@@ -39,6 +39,7 @@ from spikemllm_sj.ann2snn.adapters import ModelAdapter, adapter_for
 from spikemllm_sj.ann2snn.attention import QUERY_SITE, SpikeAttention, SpikeScores
 from spikemllm_sj.ann2snn.attention_interface import ATTN_IMPLEMENTATION, register_attention
 from spikemllm_sj.ann2snn.calibration import Calibration
+from spikemllm_sj.ann2snn.finalizers import finalizers
 from spikemllm_sj.ann2snn.journal import ROLLBACKS, Journal, Rollback
 from spikemllm_sj.ann2snn.linear import SpikeLinear
 from spikemllm_sj.ann2snn.modalities import (
@@ -161,6 +162,8 @@ class SpikeMLLMRecipe(ModuleConversionRecipe):
             )
             journal.on_rollback(hook.remove)
             journal.setattr(model, _STATE_ATTR, SpikeState(self.config, adapter, modalities, hook))
+            for finalize in finalizers():
+                finalize(model, self.config, journal)
         except BaseException:
             # Whatever failed (a layer, the rotation, an interrupt): the model is put back as it was.
             journal.rollback()

@@ -31,7 +31,6 @@ from spikemllm_sj.analysis.activity import record_activity
 from spikemllm_sj.analysis.fidelity import VARIANTS
 from spikemllm_sj.analysis.op_report import OpReport
 from spikemllm_sj.ann2snn.adapters import adapter_for
-from spikemllm_sj.ann2snn.serialization import save_spiking
 from spikemllm_sj.commands import options
 from spikemllm_sj.commands.common import (
     EXAMPLE_IMAGE,
@@ -46,6 +45,7 @@ from spikemllm_sj.commands.common import (
 from spikemllm_sj.commands.report import format_summary, render_report
 from spikemllm_sj.commands.run_folder import check_run_folder, run_folder
 from spikemllm_sj.config import SpikeConfig
+from spikemllm_sj.integrations.serialization import save_spiking
 from spikemllm_sj.med.analysis import MEDConfig, scheduled_config
 from spikemllm_sj.med.schedule import check_budget
 from spikemllm_sj.models.inputs import decode, encode, model_label, read_image

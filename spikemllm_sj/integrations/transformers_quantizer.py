@@ -20,189 +20,47 @@ the weights the config's contents. Without ``import spikemllm_sj``, transformers
 the ``"spikemllm"`` attention implementation and refuses to build the model, so the folder never
 loads as a float model with random linear weights.
 
-Only the transformers quantizer API is imported here: this module is imported while
-transformers imports its quantizer registry, so the converter loads when a hook first runs.
+This module is imported while transformers imports its quantizer registry (the package
+``__init__`` registers it then), before transformers' modelling code has loaded: it imports only
+the folder format (:mod:`~spikemllm_sj.ann2snn.checkpoint_format`) at module level, and the
+converter, which imports transformers' modelling code, inside the hooks that need it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 import torch.nn as nn
-from safetensors import safe_open
 from transformers.quantizers.auto import register_quantization_config, register_quantizer
 from transformers.quantizers.base import HfQuantizer
 from transformers.utils import cached_file
-from transformers.utils.quantization_config import QuantizationConfigMixin
 
+from spikemllm_sj.ann2snn.checkpoint_format import (
+    CONFIG_FILE,
+    FORMAT_VERSION,
+    GENERATION_CONFIG_FILE,
+    HEADER_KEY,
+    QUANT_METHOD,
+    CheckpointError,
+    SpikeMLLMConfig,
+    config_field,
+    dtype_name,
+    read_header,
+    read_json_file,
+    state_sha256,
+)
+from spikemllm_sj.ann2snn.finalizers import register_finalizer
+from spikemllm_sj.ann2snn.journal import Journal
 from spikemllm_sj.config import SpikeConfig
-from spikemllm_sj.digests import file_sha256, json_sha256
+from spikemllm_sj.digests import file_sha256
 
-__all__ = [
-    "QUANT_METHOD",
-    "FORMAT_VERSION",
-    "HEADER_KEY",
-    "CONFIG_FILE",
-    "GENERATION_CONFIG_FILE",
-    "CheckpointError",
-    "dtype_name",
-    "SpikeMLLMConfig",
-    "SpikeMLLMQuantizer",
-    "attach_quantizer",
-    "read_header",
-    "read_json_file",
-]
+__all__ = ["SpikeMLLMQuantizer", "attach_quantizer"]
 
-QUANT_METHOD = "spikemllm"
-FORMAT_VERSION = 1
-HEADER_KEY = "spikemllm"
-"""The safetensors header entry holding the format version, the JSON files' contents and the manifest."""
-CONFIG_FILE = "config.json"
-GENERATION_CONFIG_FILE = "generation_config.json"
-_SHA256_HEX = frozenset("0123456789abcdef")
-
-
-class CheckpointError(ValueError):
-    """A saved spiking model whose files do not verify; the message names the file and the field or tensor."""
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    """``torch.bfloat16`` -> ``"bfloat16"``: how configs and manifests write a dtype."""
-    return str(dtype).removeprefix("torch.")
-
-
-def _field(name: str) -> str:
-    return f"{CONFIG_FILE}: quantization_config.{name}"
-
-
-def _is_sha256(value: Any) -> bool:
-    return isinstance(value, str) and len(value) == 64 and set(value) <= _SHA256_HEX
-
-
-@register_quantization_config(QUANT_METHOD)
-@dataclass(kw_only=True)
-class SpikeMLLMConfig(QuantizationConfigMixin):
-    """The ``quantization_config`` of a saved converted model (a section of its ``config.json``),
-    validated on construction. Not frozen, as transformers' ``QuantizationConfigMixin`` is a plain
-    dataclass; this package changes one only through ``dataclasses.replace``.
-
-    :param spike_config: :meth:`SpikeConfig.to_dict` of the conversion, exactly.
-    :param dtype: the model's floating-point dtype (``"float32"``, ``"bfloat16"``, ...); the model
-        loads in this dtype only, as its integer weights and scales were made for it.
-    :param model_class: the transformers class the model was converted from.
-    :param state_sha256: SHA-256 of the manifests in the weights' header ("" until saved).
-    :param files: SHA-256 of each other file saved with the model (the processor's), by name.
-    :param format_version: the folder format; this version reads :data:`FORMAT_VERSION` only.
-    """
-
-    spike_config: dict
-    dtype: str
-    model_class: str
-    state_sha256: str = ""
-    files: dict = field(default_factory=dict)
-    format_version: int = FORMAT_VERSION
-    quant_method: str = QUANT_METHOD
-
-    def __post_init__(self):
-        if self.quant_method != QUANT_METHOD:
-            raise CheckpointError(f"{_field('quant_method')} must be {QUANT_METHOD!r}, got {self.quant_method!r}")
-        if isinstance(self.format_version, bool) or self.format_version != FORMAT_VERSION:
-            raise CheckpointError(
-                f"{_field('format_version')} is {self.format_version!r}; this spikemllm_sj reads format {FORMAT_VERSION}"
-            )
-        if not isinstance(self.spike_config, dict):
-            raise CheckpointError(f"{_field('spike_config')} must be a JSON object, got {type(self.spike_config).__name__}")
-        try:
-            canonical = SpikeConfig.from_dict(self.spike_config).to_dict()
-        except (TypeError, ValueError) as error:
-            raise CheckpointError(f"{_field('spike_config')}: {error}") from None
-        if canonical != self.spike_config:
-            fields = sorted(k for k in canonical.keys() | self.spike_config.keys() if canonical.get(k) != self.spike_config.get(k))
-            raise CheckpointError(
-                f"{_field('spike_config')} is not a saved SpikeConfig: fields {fields} are missing or not in their saved form"
-            )
-        if not isinstance(self.dtype, str) or not isinstance(getattr(torch, self.dtype, None), torch.dtype) or not getattr(
-            torch, self.dtype
-        ).is_floating_point:
-            raise CheckpointError(f"{_field('dtype')} must name a floating-point torch dtype (e.g. 'bfloat16'), got {self.dtype!r}")
-        if not isinstance(self.model_class, str) or not self.model_class.isidentifier():
-            raise CheckpointError(f"{_field('model_class')} must be a transformers class name, got {self.model_class!r}")
-        if self.state_sha256 != "" and not _is_sha256(self.state_sha256):
-            raise CheckpointError(f"{_field('state_sha256')} must be a hex SHA-256, got {self.state_sha256!r}")
-        if not isinstance(self.files, dict) or not all(isinstance(k, str) and _is_sha256(v) for k, v in self.files.items()):
-            raise CheckpointError(f"{_field('files')} must map file names to hex SHA-256 digests, got {self.files!r}")
-
-    @classmethod
-    def from_dict(cls, config_dict, return_unused_kwargs: bool = False, **kwargs):
-        """The config of ``config_dict`` (``config.json``'s ``quantization_config``); fields are named
-        in every error. ``kwargs`` (transformers' loading overrides) cannot change a saved model."""
-        if not isinstance(config_dict, dict):
-            raise CheckpointError(f"{CONFIG_FILE}: quantization_config must be a JSON object, got {type(config_dict).__name__}")
-        names = {f.name for f in dataclasses.fields(cls)}
-        required = {f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
-        unknown, missing = sorted(config_dict.keys() - names), sorted(required - config_dict.keys())
-        if unknown or missing:
-            raise CheckpointError(f"{CONFIG_FILE}: quantization_config has unknown fields {unknown} and lacks {missing}")
-        overrides = sorted(kwargs.keys() & names)
-        if overrides:
-            raise CheckpointError(f"quantization_config fields {overrides} of a saved spiking model cannot be overridden")
-        config = cls(**config_dict)
-        return (config, kwargs) if return_unused_kwargs else config
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @property
-    def torch_dtype(self) -> torch.dtype:
-        return getattr(torch, self.dtype)
-
-
-def read_header(weights: str | Path) -> dict:
-    """The ``spikemllm`` entry of the safetensors header of ``weights`` (format version checked).
-
-    :raises CheckpointError: no such entry, not JSON, or another format version.
-    """
-    weights = Path(weights)
-    with safe_open(str(weights), framework="pt") as f:
-        metadata = f.metadata() or {}
-    if HEADER_KEY not in metadata:
-        raise CheckpointError(f"{weights.name}: its header has no {HEADER_KEY!r} entry: it was not saved from a converted model")
-    try:
-        header = json.loads(metadata[HEADER_KEY])
-    except json.JSONDecodeError as error:
-        raise CheckpointError(f"{weights.name}: header entry {HEADER_KEY!r} is not JSON ({error})") from None
-    fields = ("format_version", CONFIG_FILE, GENERATION_CONFIG_FILE, "tensors", "buffers")
-    if not isinstance(header, dict) or any(name not in header for name in fields):
-        raise CheckpointError(f"{weights.name}: header entry {HEADER_KEY!r} must be an object with the fields {list(fields)}")
-    if header["format_version"] != FORMAT_VERSION:
-        raise CheckpointError(
-            f"{weights.name}: header format_version is {header['format_version']!r}; this spikemllm_sj reads {FORMAT_VERSION}"
-        )
-    return header
-
-
-def read_json_file(path: Path) -> Any:
-    """The JSON value in the file at ``path``.
-
-    :raises CheckpointError: the file is missing or not JSON.
-    """
-    if not path.is_file():
-        raise CheckpointError(f"{path} is missing")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise CheckpointError(f"{path} is not JSON ({error})") from None
-
-
-def _state_sha256(tensors: dict, buffers: dict) -> str:
-    """What ``config.json`` records of the weights: the SHA-256 of their two manifests."""
-    return json_sha256({"tensors": tensors, "buffers": buffers})
-
+register_quantization_config(QUANT_METHOD)(SpikeMLLMConfig)
 
 def _json_differences(saved: Any, found: Any, prefix: str = "") -> list[str]:
     """The dotted names of the fields where two JSON values differ."""
@@ -233,7 +91,7 @@ def _other_file(name_or_path: str, folder: Path, name: str) -> Path:
     if not path.is_file():
         found = cached_file(name_or_path, name, _raise_exceptions_for_missing_entries=False)
         if found is None:
-            raise CheckpointError(f"{path} is missing; {_field('files')} records it")
+            raise CheckpointError(f"{path} is missing; {config_field('files')} records it")
         path = Path(found)
     return path
 
@@ -277,7 +135,7 @@ class SpikeMLLMQuantizer(HfQuantizer):
         if dtype != saved:
             raise ValueError(
                 f"dtype={dtype} was asked for, but this spiking model was converted in {saved} "
-                f"({_field('dtype')}): its weight scales are exact in that dtype only; load it with dtype='auto'"
+                f"({config_field('dtype')}): its weight scales are exact in that dtype only; load it with dtype='auto'"
             )
         return saved
 
@@ -311,15 +169,15 @@ class SpikeMLLMQuantizer(HfQuantizer):
         folder = weights.parent
         if type(model).__name__ != config.model_class:
             raise ValueError(
-                f"{folder}: the model was converted from {config.model_class} ({_field('model_class')}), "
+                f"{folder}: the model was converted from {config.model_class} ({config_field('model_class')}), "
                 f"not {type(model).__name__}: load it with {config.model_class}.from_pretrained"
             )
         header = read_header(weights)
         if not config.state_sha256:
-            raise CheckpointError(f"{_field('state_sha256')} is missing: the folder was not written by save_pretrained")
-        if _state_sha256(header["tensors"], header["buffers"]) != config.state_sha256:
+            raise CheckpointError(f"{config_field('state_sha256')} is missing: the folder was not written by save_pretrained")
+        if state_sha256(header["tensors"], header["buffers"]) != config.state_sha256:
             raise CheckpointError(
-                f"{weights.name} was not saved with this {CONFIG_FILE}: its manifest's SHA-256 is not {_field('state_sha256')}"
+                f"{weights.name} was not saved with this {CONFIG_FILE}: its manifest's SHA-256 is not {config_field('state_sha256')}"
             )
         _check_json_file(folder, CONFIG_FILE, header[CONFIG_FILE], weights.name)
         _check_json_file(folder, GENERATION_CONFIG_FILE, header[GENERATION_CONFIG_FILE], weights.name)
@@ -327,7 +185,7 @@ class SpikeMLLMQuantizer(HfQuantizer):
             path = _other_file(model.config.name_or_path, folder, name)
             found = file_sha256(path)
             if found != digest:
-                raise CheckpointError(f"{path}: SHA-256 {found}, {_field('files')} records {digest}")
+                raise CheckpointError(f"{path}: SHA-256 {found}, {config_field('files')} records {digest}")
         layout = build_skeleton(model, SpikeConfig.from_dict(config.spike_config), self.device)
         # Every loaded tensor comes from the file: transformers' weight initialisation must not run
         # on the converted layers or the modules around them (it would look for float weights);
@@ -366,7 +224,7 @@ class SpikeMLLMQuantizer(HfQuantizer):
             spike_config=spike_state(model).config.to_dict(),
             dtype=dtype_name(model.dtype),
             model_class=type(model).__name__,
-            state_sha256=_state_sha256(tensors, buffers),
+            state_sha256=state_sha256(tensors, buffers),
         )
         config = model.config
         config.quantization_config = self.quantization_config
@@ -386,21 +244,31 @@ class SpikeMLLMQuantizer(HfQuantizer):
         return None, {HEADER_KEY: json.dumps(header)}
 
 
-def attach_quantizer(model: nn.Module, files: Optional[dict[str, str]] = None) -> SpikeMLLMQuantizer:
-    """Give converted ``model`` the quantizer, so that ``model.save_pretrained`` writes a folder
-    that ``from_pretrained`` reloads (see the module docstring).
+def attach_quantizer(
+    model: nn.Module, spike_config: SpikeConfig, files: Optional[dict[str, str]] = None, journal: Optional[Journal] = None
+) -> SpikeMLLMQuantizer:
+    """Give ``model``, converted with ``spike_config``, the quantizer, so that
+    ``model.save_pretrained`` writes a folder that ``from_pretrained`` reloads (see the module
+    docstring). ``convert`` attaches one to every model it converts.
 
     :param files: SHA-256 of the other files saved in the folder (the processor's), by name.
+    :param journal: record the two attributes set, to undo them with a failed conversion.
     """
-    from spikemllm_sj.ann2snn.recipe import spike_state
-
-    state = spike_state(model)
     config = SpikeMLLMConfig(
-        spike_config=state.config.to_dict(),
+        spike_config=spike_config.to_dict(),
         dtype=dtype_name(model.dtype),
         model_class=type(model).__name__,
         files=dict(files or {}),
     )
-    model.hf_quantizer = SpikeMLLMQuantizer(config)
-    model.config.quantization_config = config
-    return model.hf_quantizer
+    quantizer = SpikeMLLMQuantizer(config)
+    for obj, name, value in ((model, "hf_quantizer", quantizer), (model.config, "quantization_config", config)):
+        if journal is None:
+            setattr(obj, name, value)
+        else:
+            journal.setattr(obj, name, value)
+    return quantizer
+
+
+@register_finalizer
+def _attach_to_converted(model: nn.Module, spike_config: SpikeConfig, journal: Journal) -> None:
+    attach_quantizer(model, spike_config, journal=journal)

@@ -6,20 +6,20 @@ loading verifies it)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import torch.nn as nn
 import transformers
 
-from spikemllm_sj.digests import file_sha256
-from spikemllm_sj.integrations.transformers_quantizer import (
+from spikemllm_sj.ann2snn.checkpoint_format import (
     CONFIG_FILE,
     GENERATION_CONFIG_FILE,
     CheckpointError,
     SpikeMLLMConfig,
-    attach_quantizer,
     read_json_file,
 )
+from spikemllm_sj.ann2snn.recipe import spike_state
+from spikemllm_sj.digests import file_sha256
+from spikemllm_sj.integrations.transformers_quantizer import attach_quantizer
 
 __all__ = ["save_spiking", "load_spiking"]
 
@@ -46,7 +46,7 @@ def save_spiking(model: nn.Module, folder: str | Path, processor=None) -> Path:
         for path in sorted(folder.rglob("*"))
         if path.is_file() and not _is_model_file(path.relative_to(folder).as_posix())
     }
-    attach_quantizer(model, files)
+    attach_quantizer(model, spike_state(model).config, files)
     model.save_pretrained(folder)
     return folder
 
