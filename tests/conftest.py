@@ -1,8 +1,8 @@
 """Shared fixtures and markers.
 
 Markers (registered in setup.cfg): ``lava`` (runs Lava processes), ``weights`` (needs the real
-weights: easy-VQA and the SmolLM2 cache, built on first use), ``slow`` (more than a few seconds,
-or thousands of property examples). ``pytest -m "not slow"`` runs the fast core.
+weights: easy-VQA and the SmolLM2 and Gemma-3-270M caches, built on first use), ``slow`` (more
+than a few seconds, or thousands of property examples). ``pytest -m "not slow"`` runs the fast core.
 
 Hypothesis profiles: ``default`` (the examples each property asks for, through
 ``properties.examples``) and ``thorough`` (at least 10,000 examples per property; under it every

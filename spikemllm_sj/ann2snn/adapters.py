@@ -105,5 +105,13 @@ register_adapter(ModelAdapter("Qwen2_5_VLForConditionalGeneration", "model.visua
 register_adapter(ModelAdapter("LlavaForConditionalGeneration", "model.vision_tower", "model.multi_modal_projector", "model.language_model", projector_out=_PROJECTOR_OUT))
 register_adapter(ModelAdapter("LlavaOnevisionForConditionalGeneration", "model.vision_tower", "model.multi_modal_projector", "model.language_model", token_id_attrs=_IMAGE_AND_VIDEO, projector_out=_PROJECTOR_OUT, residual_vectors=("model.image_newline",)))
 register_adapter(ModelAdapter("InternVLForConditionalGeneration", "model.vision_tower", "model.multi_modal_projector", "model.language_model", projector_out=_PROJECTOR_OUT))
-# Text-only Qwen2, for comparison with SpikingJelly's own Qwen2 recipe: every token is text.
+# Text-only language models: every token is text. Qwen2 for comparison with SpikingJelly's own
+# Qwen2 recipe; Llama (SmolLM2) and Gemma 3 for perplexity on real weights
+# (spikemllm_sj.models.real_weights). Gemma 3's differences all sit outside the linear layers and
+# the two attention matmuls, so they run as the model defines them, on decoded values: RMSNorms
+# with a (1 + w) gain, before and after attention and the MLP (sandwich norms) and on the query
+# and key heads; sliding-window layers (their window is in the attention mask the model builds);
+# embeddings scaled by sqrt(hidden) inside the embedding module; the head tied to the embeddings.
 register_adapter(ModelAdapter("Qwen2ForCausalLM", None, None, "model", token_id_attrs=()))
+register_adapter(ModelAdapter("LlamaForCausalLM", None, None, "model", token_id_attrs=()))
+register_adapter(ModelAdapter("Gemma3ForCausalLM", None, None, "model", token_id_attrs=()))
