@@ -58,7 +58,7 @@ def test_a_text_model_converts_and_its_spikes_equal_the_fake_quant_twin(kind):
 @pytest.mark.parametrize("kind", ["llama", "gemma3"])
 def test_at_16_bits_the_converted_text_model_is_the_float_model(kind, method):
     # Every method's input transform is exactly invertible: at 16 bits only rounding is left.
-    # (QuaRot is not among them for Gemma 3: see the README.)
+    # (QuaRot refuses Gemma 3: test_quarot_refuses_gemma3s_post_norms_before_any_change.)
     model = tiny_text_model(kind)
     ids = text_ids()
     fp32 = logits(model, ids)
@@ -101,3 +101,19 @@ def test_a_kv_cached_gemma3_decode_past_the_window_equals_the_full_forward():
     prompt = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     cached, full, generated = cached_and_full(snn, prompt, new_tokens=WINDOW + 2)
     assert torch.equal(cached, full) and torch.equal(generated[0], full.argmax(-1))
+
+
+def test_quarot_refuses_gemma3s_post_norms_before_any_change():
+    from spikemllm_sj.quantization.methods import QuaRot
+
+    model = tiny_text_model("gemma3")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match="post-norms .*pre_feedforward_layernorm, post_feedforward_layernorm.* use Hadamard"):
+        convert(model, SpikeConfig(method=QuaRot()))
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+    # Llama (pre-norm only) takes it: the rotated model is still the float model at 16 bits.
+    llama = tiny_text_model("llama")
+    ids = text_ids()
+    fp32 = logits(llama, ids)
+    bits16 = SpikeConfig(msts=MSTSConfig(bits={"text": 16}), weight_bits=16, kv_bits=16, prob_bits=16, method=QuaRot())
+    torch.testing.assert_close(logits(convert(llama, bits16), ids), fp32, rtol=0, atol=1e-3)

@@ -28,6 +28,7 @@ __all__ = ["check_residual_stream", "rotate_residual_stream"]
 _READERS = (("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
             ("post_attention_layernorm", ("mlp.gate_proj", "mlp.up_proj")))
 _WRITERS = ("self_attn.o_proj", "mlp.down_proj")
+_POST_NORMS = ("pre_feedforward_layernorm", "post_feedforward_layernorm")
 _LAYER_MODULES = (*(norm for norm, _ in _READERS), *(r for _, readers in _READERS for r in readers), *_WRITERS)
 _ROWS = 4096  # rows multiplied at a time: float64 temporaries stay small for large embeddings
 
@@ -63,6 +64,14 @@ def check_residual_stream(model: nn.Module, adapter: ModelAdapter) -> None:
         raise ValueError(f"{adapter.model_class}: the adapter does not name the projector's output layer")
     lm = model.get_submodule(adapter.language_model)
     for i, layer in enumerate(lm.layers):
+        post = [n for n in _POST_NORMS if hasattr(layer, n)]
+        if post:
+            # A post-norm scales the o_proj / down_proj output by its gain before the residual add:
+            # a non-uniform gain does not commute with the rotation, so it cannot be folded.
+            raise ValueError(
+                f"QuaRot: decoder layer {i} of {adapter.language_model} has post-norms ({', '.join(post)}, Gemma-style "
+                "sandwich norms) whose gains cannot be folded into a rotated residual stream; use Hadamard() instead"
+            )
         for name in _LAYER_MODULES:
             try:
                 module = layer.get_submodule(name)
