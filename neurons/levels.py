@@ -206,9 +206,10 @@ def absmax_scale(x: torch.Tensor, levels: IntLevels, granularity: Granularity = 
     return scale_from_absmax(amax, levels)
 
 
-def scale_from_absmax(amax: torch.Tensor, levels: IntLevels) -> torch.Tensor:
+def scale_from_absmax(amax: torch.Tensor, levels: IntLevels | torch.Tensor) -> torch.Tensor:
     """``amax / qmax`` in ``level_dtype(amax.dtype)``, and 1 where ``amax`` is zero (an all-zero
-    slice: any scale encodes it exactly).
+    slice: any scale encodes it exactly). ``levels`` gives ``qmax``, or is a tensor of ``qmax``
+    values broadcasting to ``amax`` (one per token, when tokens have their own levels).
 
     A positive ``amax`` so small that ``amax / qmax`` would fall below the smallest normal number
     of that dtype gets that number as its scale instead (not 0, which no code can use): its levels
@@ -216,5 +217,6 @@ def scale_from_absmax(amax: torch.Tensor, levels: IntLevels) -> torch.Tensor:
     """
     dtype = level_dtype(amax.dtype)
     amax = amax.to(dtype)
-    scale = (amax / levels.qmax).clamp_min_(torch.finfo(dtype).tiny)
+    qmax = levels.qmax if isinstance(levels, IntLevels) else levels.to(dtype)
+    scale = (amax / qmax).clamp_min_(torch.finfo(dtype).tiny)
     return torch.where(amax > 0, scale, torch.ones_like(scale))

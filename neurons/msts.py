@@ -21,7 +21,16 @@ import torch
 from spikingjelly.activation_based import encoding
 
 from .coding import SCHEMES, Scheme, SpikeCode
-from .levels import IntLevels, absmax_scale, check_finite, check_scale, level_dtype, quantize
+from .levels import (
+    IntLevels,
+    absmax_scale,
+    check_finite,
+    check_scale,
+    divide_by_scale,
+    level_dtype,
+    round_half_up,
+    scale_from_absmax,
+)
 from .nodes import NODE_CLASSES, integrate
 from .stats import SpikeStats, spike_statistics
 
@@ -229,13 +238,31 @@ class MSTSEncoder(encoding.StatelessEncoder):
         :return: integer levels ``[B, L, D]`` (0 for masked-out tokens) and scales ``[B, L, 1]``,
             both in ``level_dtype(x.dtype)``; ``levels * scale`` equals ``forward(...).decode()``.
         """
-        _check_activations(x)
-        levels = torch.zeros_like(x, dtype=level_dtype(x.dtype))
-        token_scale = levels.new_ones(*x.shape[:2], 1)
-        for _, code, mask, x_m, s_m in self._token_groups(x, modality_ids, scale, attention_mask):
-            levels[mask] = quantize(x_m, s_m, code.levels)
-            token_scale[mask] = s_m
-        return levels, token_scale
+        B, L, _ = _check_activations(x)
+        modality_ids = _check_token_tensor(modality_ids, (B, L), "modality_ids")
+        active = torch.ones(B, L, dtype=torch.bool, device=x.device) if attention_mask is None else token_mask(attention_mask, (B, L))
+        qmin, qmax = self._token_bounds(modality_ids, active, level_dtype(x.dtype))
+        if scale is None:
+            token_scale = scale_from_absmax(x.detach().abs().amax(-1, keepdim=True), qmax)
+        else:
+            token_scale = self._check_scale(scale, x).expand(B, L, 1)
+        # One pass over every token at once, each with its own bounds: the same levels as
+        # quantizing each modality's tokens apart, elementwise.
+        levels = round_half_up(divide_by_scale(x, token_scale), inplace=True).to(qmax.dtype)
+        levels = torch.clamp_(levels, qmin, qmax).masked_fill_(~active[..., None], 0)
+        return levels, torch.where(active[..., None], token_scale, torch.ones_like(token_scale))
+
+    def _token_bounds(self, modality_ids: torch.Tensor, active: torch.Tensor, dtype: torch.dtype):
+        """``(qmin, qmax)`` ``[B, L, 1]`` of each token's modality (raises for a modality present
+        among the ``active`` tokens without configured steps)."""
+        for m in torch.unique(modality_ids[active]).tolist():
+            self.config.code_of(int(m))
+        table = torch.zeros(2, len(Modality), dtype=dtype)
+        for modality, code in self.config.codes.items():
+            table[:, int(modality)] = torch.tensor([code.levels.qmin, code.levels.qmax], dtype=dtype)
+        ids = modality_ids.long().clamp(0, len(Modality) - 1).cpu()  # inactive tokens may carry any id
+        bounds = table[:, ids].to(modality_ids.device)[..., None]
+        return bounds[0], bounds[1]
 
     def _token_groups(self, x, modality_ids, scale, attention_mask):
         """Per configured modality present: ``(modality, code, token mask [B, L], x [N, D], scale [N, 1])``."""
@@ -247,17 +274,22 @@ class MSTSEncoder(encoding.StatelessEncoder):
         present = sorted({int(m) for m in torch.unique(modality_ids[active]).tolist()})
         codes = [self.config.code_of(m) for m in present]  # raises for a modality without steps
         if scale is not None:
-            scale = check_scale(scale, x)
-            if scale.dim() > 3 or torch.broadcast_shapes(scale.shape, (B, L, 1)) != (B, L, 1):
-                raise ValueError(
-                    f"scale must be per tensor ([]) or per token ([B, L, 1] = {[B, L, 1]}), got shape {list(scale.shape)}"
-                )
-            scale = scale.expand(B, L, 1)
+            scale = self._check_scale(scale, x).expand(B, L, 1)
         for m, code in zip(present, codes):
             mask = active & (modality_ids == m)
             x_m = x[mask]
             s_m = absmax_scale(x_m, code.levels, "token") if scale is None else scale[mask]
             yield Modality(m), code, mask, x_m, s_m
+
+    @staticmethod
+    def _check_scale(scale: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        B, L, _ = x.shape
+        scale = check_scale(scale, x)
+        if scale.dim() > 3 or torch.broadcast_shapes(scale.shape, (B, L, 1)) != (B, L, 1):
+            raise ValueError(
+                f"scale must be per tensor ([]) or per token ([B, L, 1] = {[B, L, 1]}), got shape {list(scale.shape)}"
+            )
+        return scale
 
     def extra_repr(self) -> str:
         steps = ", ".join(f"{m.name.lower()}={c.steps}" for m, c in self.config.codes.items())
