@@ -10,7 +10,8 @@ simulated on Intel's Lava (lava-nc 0.10.0, ``Loihi2SimCfg``, floating or int32 f
 * :class:`SpikeLinearSpec`: a spike-driven linear layer as a converter describes it.
 * :func:`to_lava` maps a ``SpikeCodingNode`` or a ``SpikeLinearSpec`` to a :class:`LavaNetwork`;
   :func:`run_lava` runs it on a token stream and reads the outputs back; :func:`simulate` runs
-  any graph of these processes and collects what its sinks receive.
+  any graph of these processes and collects what its sinks receive. Every run leaves no process
+  or shared memory behind, also after an error or a Ctrl-C at any point (``._lifecycle``).
 * ``.blocks``: converted layers of a real model on Lava, equal to PyTorch bit for bit:
   :func:`spec_from_spike_linear`, :func:`run_spike_linear`, :func:`run_mlp`,
   :func:`run_attention_projections`, and :func:`check_layer` (capture a layer's input, compare;

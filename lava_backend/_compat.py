@@ -1,4 +1,5 @@
-"""Make lava-nc 0.10.0 importable on Python 3.11 without editing site-packages.
+"""Make lava-nc 0.10.0 importable on Python 3.11, and its processes safe to leave, without editing
+site-packages.
 
 Lava 0.10.0 declares ``Python < 3.11`` and two of its modules fail at import there. An import hook
 rewrites exactly those modules' source as they load, so a fresh ``pip install`` works unchanged:
@@ -14,6 +15,12 @@ rewrites exactly those modules' source as they load, so a fresh ``pip install`` 
   actors and the server of its shared memory get a fork context of their own, and the global
   start method is left to the user; on every Python version, as the clash exists on all. Lava's
   debugging watchdog (``compile_config={"use_watchdog": True}``) still follows the global method.
+* The same module's ``SystemProcess`` (one per ProcessModel and runtime service) becomes a daemon
+  process. The interpreter's exit joins every other child process, and a runtime that was never
+  stopped (or whose stop was cut short by a second Ctrl-C) left processes waiting for commands
+  forever: the exit hung. Daemon processes are terminated at exit instead; the server of the
+  shared memory is shut down at exit anyway, so its segments go too. (A daemon process may not
+  start processes of its own; Lava's ProcessModels start none.)
 
 A rewrite whose expected text is missing raises :class:`LavaCompatError` instead of loading the
 module unpatched: it means a Lava release this module does not know.
@@ -46,6 +53,11 @@ _REWRITES: dict[str, tuple[tuple[str, str], ...]] = {
         (
             r"^([ \t]+)mp\.set_start_method\(['\"]fork['\"]\)[ \t]*$",
             r"\1mp = mp.get_context('fork')",
+        ),
+        # ... and its actors daemon processes, which the interpreter's exit terminates.
+        (
+            r"mp\.Process\.__init__\(self, \*args, \*\*kwargs\)",
+            "mp.Process.__init__(self, *args, daemon=True, **kwargs)",
         ),
     ),
     # Its manager server, which would otherwise follow the global start method.

@@ -12,6 +12,7 @@ from lava.magma.runtime.runtime import Runtime
 from lava.proc.io.extractor import Extractor, PyLoihiExtractorModel
 from lava.proc.io.source import RingBuffer
 
+from spikemllm_sj.lava_backend._lifecycle import lava_runtime
 from spikemllm_sj.lava_backend._streams import source_data, window_outputs
 from spikemllm_sj.lava_backend.network import LavaNetwork, Precision
 
@@ -40,8 +41,8 @@ def run_lava(network: LavaNetwork, inputs: torch.Tensor, *, buffer_bytes: int = 
     :raises LavaRunError: if a ProcessModel raised (e.g. a fixed-point membrane overflow).
 
     Outputs are read from a Lava ``Extractor`` sink, one whole array per step, instead of
-    ``Var.get`` (one message per element). The runtime is always stopped, also on errors and
-    ``KeyboardInterrupt``.
+    ``Var.get`` (one message per element). Lava's processes and shared memory are gone when it
+    returns or raises, also after a ``KeyboardInterrupt`` at any point (see :func:`simulate`).
     """
     data, n_tokens = source_data(network, inputs)
     steps = network.steps
@@ -78,52 +79,31 @@ def simulate(
     :returns: per sink, the kept messages stacked ``[kept steps, *shape]``.
     :raises LavaRunError: if a ProcessModel raised.
 
-    Runs in several ``RunSteps`` of ``steps_per_run``; the runtime is always stopped, also on
-    errors and ``KeyboardInterrupt``.
+    Runs in several ``RunSteps`` of ``steps_per_run``. Lava's processes and shared memory are
+    gone when it returns or raises: SIGINT is held back while they start and stop, and after an
+    error or an interrupt they are terminated (:func:`~spikemllm_sj.lava_backend._lifecycle.lava_runtime`).
     """
     # The Extractor's model carries no precision tag, so Loihi2SimCfg must be told to use it.
     run_cfg = Loihi2SimCfg(select_tag=precision, exception_proc_model_map={Extractor: PyLoihiExtractorModel})
     outputs: list[list[np.ndarray]] = [[] for _ in sinks]
-    finished = False
-    try:
-        for first in range(0, num_steps, steps_per_run):
-            run_steps = min(steps_per_run, num_steps - first)
-            sinks[0].run(condition=RunSteps(num_steps=run_steps), run_cfg=run_cfg)
-            for step in range(first, first + run_steps):
-                for sink, kept in zip(sinks, outputs):
-                    message = sink.receive()
-                    if keep(step):
-                        kept.append(message)
-        finished = True
-    except RuntimeError as error:
-        failures = _model_failures(sinks[0].runtime)
-        if failures:
-            raise LavaRunError("a Lava ProcessModel raised during the run:\n" + "\n".join(failures)) from error
-        raise
-    finally:
-        _release(sinks[0].runtime, finished)
+    with lava_runtime(sinks[0], run_cfg) as runtime:
+        try:
+            for first in range(0, num_steps, steps_per_run):
+                run_steps = min(steps_per_run, num_steps - first)
+                sinks[0].run(condition=RunSteps(num_steps=run_steps))
+                for step in range(first, first + run_steps):
+                    for sink, kept in zip(sinks, outputs):
+                        message = sink.receive()
+                        if keep(step):
+                            kept.append(message)
+        except RuntimeError as error:
+            failures = _model_failures(runtime)
+            if failures:
+                raise LavaRunError("a Lava ProcessModel raised during the run:\n" + "\n".join(failures)) from error
+            raise
     return [np.stack(kept) for kept in outputs]
 
 
-def _model_failures(runtime: Runtime | None) -> list[str]:
+def _model_failures(runtime: Runtime) -> list[str]:
     """Tracebacks of the Lava actors (one OS process per ProcessModel) that raised."""
-    if runtime is None:
-        return []
     return [actor.exception[1] for actor in runtime._messaging_infrastructure.actors if actor.exception]
-
-
-def _release(runtime: Runtime | None, clean: bool) -> None:
-    """Stop ``runtime``; after an error or an interrupt, without waiting on its processes.
-
-    ``Runtime.stop`` waits for every process to acknowledge; after a failure some never will
-    (lava-nc 0.10.0 hangs), so the processes it started are terminated first and the runtime is
-    marked stopped, after which ``stop`` only releases the shared memory.
-    """
-    if runtime is None:
-        return
-    if not clean:
-        for actor in runtime._messaging_infrastructure.actors:
-            if not actor._is_done and actor.is_alive():
-                actor.terminate()
-        runtime._is_running = runtime._is_started = False
-    runtime.stop()

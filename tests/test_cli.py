@@ -2,6 +2,8 @@ import json
 import runpy
 from pathlib import Path
 
+import pytest
+
 from spikemllm_sj.commands.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,3 +46,19 @@ def test_demo_converts_the_default_tiny_model(tmp_path):
 def test_quickstart_example_runs(capsys):
     runpy.run_path(str(ROOT / "examples" / "neurons_quickstart.py"), run_name="__main__")
     assert "decoded == quantizer: True" in capsys.readouterr().out
+
+
+def test_ctrl_c_ends_a_command_with_status_130_and_one_line(monkeypatch, capsys):
+    from spikemllm_sj.commands import demo
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(demo, "run", interrupted)
+    try:
+        status = main(["demo"])
+    except KeyboardInterrupt:  # escaping, it would end the pytest session
+        pytest.fail("main let the KeyboardInterrupt through")
+    assert status == 130
+    captured = capsys.readouterr()
+    assert captured.err == "spikemllm: interrupted\n" and captured.out == ""

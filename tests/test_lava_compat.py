@@ -142,6 +142,11 @@ import platform
 
 if platform.system() != 'Windows':
     mp.set_start_method('fork')
+
+
+class SystemProcess(mp.Process):
+    def __init__(self, *args, **kwargs):
+        mp.Process.__init__(self, *args, **kwargs)
 """
 
 
@@ -164,6 +169,8 @@ def test_rewrite_gives_lava_a_fork_context_without_touching_the_global_method():
     exec(compile(rewrite_source(LAVA_MP, _FAKE_LAVA_MP), "<fake>", "exec"), namespace)
     assert namespace["mp"].get_start_method() == "fork"
     assert namespace["mp"] is not multiprocessing
+    # Lava's actors are daemon processes: the interpreter's exit terminates them, never waits.
+    assert namespace["SystemProcess"](target=print).daemon
 
 
 @pytest.mark.parametrize(
@@ -172,9 +179,10 @@ def test_rewrite_gives_lava_a_fork_context_without_touching_the_global_method():
         (VAR_MODEL, _FAKE_VAR_MODEL.replace("ByteEncoder()", "None")),
         (VAR_MODEL, _FAKE_VAR_MODEL.replace("from dataclasses", "import dataclasses  #")),
         (LAVA_MP, _FAKE_LAVA_MP.replace("mp.set_start_method('fork')", "pass")),
+        (LAVA_MP, _FAKE_LAVA_MP.replace("mp.Process.__init__(self, *args", "super().__init__(*args")),
         (SHARED_MEMORY, "import multiprocessing.managers as managers\n"),
     ],
-    ids=["var_model-defaults", "var_model-import", "multiprocessing", "shared_memory_manager"],
+    ids=["var_model-defaults", "var_model-import", "multiprocessing", "multiprocessing-actor", "shared_memory_manager"],
 )
 def test_rewrite_fails_loudly_when_lava_source_changed(module, source):
     if module == VAR_MODEL and sys.version_info < (3, 11):

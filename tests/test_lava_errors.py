@@ -1,6 +1,11 @@
 """Bad input to the Lava backend fails early and clearly; a failing or interrupted run is stopped."""
 
 import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -16,6 +21,7 @@ from spikemllm_sj.lava_backend import (
     to_lava,
 )
 from spikemllm_sj.neurons import IntLevels, SpikeCode, TCLIFNode
+from leftovers import leaked_segments, segments
 
 pytestmark = pytest.mark.lava
 
@@ -107,10 +113,11 @@ def _no_lava_children() -> bool:
 @pytest.mark.timeout(60)
 def test_model_exception_is_reported_with_its_traceback_and_the_runtime_stopped():
     net = to_lava(TCLIFNode(levels=256), size=2, precision="fixed_pt")
+    before = segments()
     # 2**30 doubles past int32 within the 7-step window: the fixed-point model raises.
     with pytest.raises(LavaRunError, match=r"(?s)OverflowError: TCLIF membrane .* exceeds the int32 range"):
         run_lava(net, torch.tensor([[2**30, 1]]))
-    assert _no_lava_children()
+    assert _no_lava_children() and not leaked_segments(before)
     assert run_lava(net, torch.tensor([[100, 1]]))[:, 0, 0].tolist() == [1, 1, 0, 0, 1, 0, 0]
 
 
@@ -128,3 +135,91 @@ def test_interrupted_run_stops_the_runtime(monkeypatch):
     assert _no_lava_children()
     monkeypatch.undo()
     assert run_lava(net, torch.tensor([[5, -3]]))[:, 0].tolist() == [[1, 0], [0, -1], [1, -1]]  # 4+1, -2-1
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("started", [1, 3])
+def test_ctrl_c_to_the_group_while_lava_starts_is_delivered_once_all_is_accounted_for(monkeypatch, capfd, started):
+    from lava.magma.runtime.message_infrastructure.multiprocessing import MultiProcessing
+
+    build_actor = MultiProcessing.build_actor
+    built = []
+    interrupt_at = {"actor": None}  # None: count the actors of an uninterrupted start-up
+
+    def build_then_interrupt(self, *args, **kwargs):
+        actor = build_actor(self, *args, **kwargs)
+        built.append(actor)
+        if len(built) == interrupt_at["actor"]:  # Ctrl-C in a terminal: every process of the group
+            for child in multiprocessing.active_children():
+                os.kill(child.pid, signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)
+        return actor
+
+    monkeypatch.setattr(MultiProcessing, "build_actor", build_then_interrupt)
+    net = to_lava(TCLIFNode(levels=16), size=2, precision="fixed_pt")
+    expected = [[1, 0], [0, -1], [1, -1]]  # 5 = 4 + 1, -3 = -2 - 1
+    assert run_lava(net, torch.tensor([[5, -3]]))[:, 0].tolist() == expected
+    actors = len(built)
+    built.clear()
+    interrupt_at["actor"] = started
+    before = segments()
+    with pytest.raises(KeyboardInterrupt):
+        run_lava(net, torch.tensor([[5, -3]]))
+    # The interrupt took effect once the start-up was done, not half-way through it.
+    assert len(built) == actors > started
+    assert _no_lava_children() and not leaked_segments(before)
+    # Lava's processes ignored the SIGINT (their parent stopped them): none died with a traceback.
+    assert "Traceback" not in capfd.readouterr().err
+    monkeypatch.undo()
+    assert run_lava(net, torch.tensor([[5, -3]]))[:, 0].tolist() == expected
+
+
+@pytest.mark.timeout(60)
+def test_an_unstopped_runtime_does_not_hang_the_exit(tmp_path):
+    # A user's own Lava network, run without stop(): the exit used to wait for its processes forever.
+    script = textwrap.dedent("""
+        import numpy as np
+        import spikemllm_sj.lava_backend  # the compatibility fixes
+        from lava.magma.core.run_conditions import RunSteps
+        from lava.magma.core.run_configs import Loihi2SimCfg
+        from lava.proc.io.sink import RingBuffer as Sink
+        from lava.proc.io.source import RingBuffer as Source
+
+        source, sink = Source(data=np.ones((2, 5))), Sink(shape=(2,), buffer=5)
+        source.s_out.connect(sink.a_in)
+        sink.run(condition=RunSteps(num_steps=5), run_cfg=Loihi2SimCfg())
+        print(sink.data.get()[0].tolist())
+    """)
+    before = segments()
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, env={**os.environ, "TMPDIR": str(tmp_path)})
+    try:
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert out.split() == ["[1.0,", "1.0,", "1.0,", "1.0,", "1.0]"]
+    assert not leaked_segments(before) and not list(tmp_path.glob("pymp-*"))
+
+
+@pytest.mark.timeout(120)
+def test_a_failed_start_up_reports_its_own_error(tmp_path):
+    # A TMPDIR this deep makes the socket path of Lava's shared-memory server too long to bind
+    # (108 bytes at most): the server cannot start. The stop after it used to raise an
+    # AttributeError ('SharedMemoryManager' object has no attribute 'shutdown') over that error.
+    deep = tmp_path / ("d" * 100)
+    deep.mkdir()
+    script = textwrap.dedent("""
+        import torch
+        from spikemllm_sj.lava_backend import run_lava, to_lava
+        from spikemllm_sj.neurons import TCLIFNode
+        run_lava(to_lava(TCLIFNode(levels=16), size=2, precision="fixed_pt"), torch.tensor([[5, -3]]))
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=100,
+                          env={**os.environ, "TMPDIR": str(deep)})
+    assert proc.returncode == 1
+    assert "OSError: AF_UNIX path too long" in proc.stderr  # the server's own report
+    assert proc.stderr.rstrip().splitlines()[-1] == "EOFError"  # what the start-up raised
+    assert "AttributeError" not in proc.stderr
