@@ -138,9 +138,9 @@ class HadamardRotation(Rotation):
     ``x -> x Q`` is computed as ``x * s / sqrt(n)`` viewed as ``[..., m, 2^k]``, a fast
     Walsh-Hadamard transform over the last dim (``O(n log 2^k)``, :func:`_fwht`) and an ``[m, m]``
     matmul over ``m``, in ``x``'s dtype. Buffers, all int8 (+-1 is exact in every dtype, and
-    ``module.to(dtype)`` leaves them so): ``signs`` ``[n]`` (saved with the model), and the constants
-    ``block`` ``H_m`` ``[m, m]`` and ``kernel`` ``H_16`` of the transform's passes (rebuilt from
-    ``size``, not saved).
+    ``module.to(dtype)`` leaves them so) and all saved with the model (a loader that builds the
+    model on the meta device restores only saved tensors): ``signs`` ``[n]``, ``block`` ``H_m``
+    ``[m, m]`` and ``kernel`` ``H_16``, the matrix of the transform's passes.
 
     :param size: ``n``.
     :param seed: seed of the sign vector.
@@ -155,8 +155,8 @@ class HadamardRotation(Rotation):
         self.order = order
         generator = torch.Generator().manual_seed(seed)
         self.register_buffer("signs", torch.randint(0, 2, (size,), generator=generator, dtype=torch.int8) * 2 - 1)
-        self.register_buffer("block", hadamard_block(order), persistent=False)
-        self.register_buffer("kernel", sylvester(min(_RADIX, order.block)), persistent=False)
+        self.register_buffer("block", hadamard_block(order))
+        self.register_buffer("kernel", sylvester(min(_RADIX, order.block)))
 
     def _hadamard(self, x: torch.Tensor, block: torch.Tensor) -> torch.Tensor:
         # x H_n with H_n = H_m (x) H_b: on x as [..., m, b], block^T X H_b (block = H_m); x H_n^T
