@@ -8,9 +8,8 @@ import pytest
 import torch
 import transformers
 
-from spikemllm_sj import SpikeConfig, convert, set_mode
+from spikemllm_sj import SpikeConfig, convert, load_spiking, save_spiking, set_mode
 from spikemllm_sj.ann2snn.linear import SpikeLinear
-from spikemllm_sj.ann2snn.serialization import load_spiking, save_spiking
 from spikemllm_sj.models.tiny import TINY_MODELS, build_tiny_model, tiny_batch, tiny_spec
 from spikemllm_sj.quantization.finite_field import FiniteField, prime_power
 from spikemllm_sj.quantization.hadamard import HadamardOrder, NoHadamardOrder, hadamard_block, hadamard_matrix, hadamard_order, paley, sylvester
