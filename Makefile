@@ -51,6 +51,7 @@ test: $(STAMP) $(WEIGHTS_STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/neurons.py
+	$(BIN)/python bench/hadamard.py
 	$(BIN)/python bench/converter.py
 	$(BIN)/python bench/convert_memory.py
 	$(BIN)/python bench/lava.py

@@ -7,15 +7,7 @@ from spikemllm_sj.ann2snn.linear import SpikeLinear
 from spikemllm_sj.ann2snn.modalities import FixedModality
 from spikemllm_sj.models.tiny import build_tiny_model, tiny_batch
 from spikemllm_sj.neurons import IntLevels, Modality, MSTSConfig
-from spikemllm_sj.quantization.hadamard import hadamard_matrix
 from spikemllm_sj.quantization.methods import RTN, Hadamard, SmoothQuant
-
-
-@pytest.mark.parametrize("n", [1, 8, 24, 64, 96])
-def test_hadamard_matrix_is_orthonormal_and_symmetric(n):
-    h = hadamard_matrix(n)
-    torch.testing.assert_close(h @ h.T, torch.eye(n, dtype=torch.float64))
-    assert torch.equal(h, h.T)
 
 
 def outlier_layer(seed=0):

@@ -14,8 +14,9 @@ if-chain; registering a name twice is an error.
 * :class:`RTN`: round-to-nearest, no transform.
 * :class:`SmoothQuant`: per-input-channel scales ``s_j = max|X_j|**alpha / max|W_j|**(1-alpha)``
   from the calibration move outliers from activations to weights (``x' = x / s``, ``W' = W s``).
-* :class:`Hadamard`: an orthonormal Hadamard rotation of the input (``x' = x H``, ``W' = W H``)
-  spreads outlier channels over all channels (online, at every linear input).
+* :class:`Hadamard`: a randomised orthonormal Hadamard rotation of the input (``x' = x Q``,
+  ``W' = W Q``) spreads outlier channels over all channels (online, at every linear input, by a
+  fast Walsh-Hadamard transform).
 * :class:`QuaRot`: the language model's residual stream rotated once, folded into the weights
   (:mod:`spikemllm_sj.quantization.rotation`), plus the online rotation of the MLP down-projection
   input; other layers round to nearest. A model-level method: it rewrites the model before
@@ -33,9 +34,9 @@ import torch.nn as nn
 
 from spikemllm_sj.ann2snn.adapters import ModelAdapter
 from spikemllm_sj.ann2snn.journal import Journal
-from spikemllm_sj.quantization.hadamard import hadamard_matrix
+from spikemllm_sj.quantization.hadamard import NoHadamardOrder, hadamard_order
 from spikemllm_sj.quantization.rotation import check_residual_stream, rotate_residual_stream
-from spikemllm_sj.quantization.transforms import ChannelDivide, InputTransform, Rotation
+from spikemllm_sj.quantization.transforms import ChannelDivide, InputTransform, check_rotation_options, rotation
 
 if TYPE_CHECKING:  # the config imports this module
     from spikemllm_sj.config import SpikeConfig
@@ -144,13 +145,37 @@ class SmoothQuant(QuantMethod):
 
 @dataclass(frozen=True)
 class Hadamard(QuantMethod):
-    """Online Hadamard rotation of every spike-coded linear input."""
+    """Online randomised Hadamard rotation of every spike-coded linear input
+    (:func:`~spikemllm_sj.quantization.transforms.rotation`): ``x' = x Q`` by the fast transform,
+    ``W' = W Q`` folded by the same transform.
 
+    :param seed: seed of the rotations' random signs (the same for every layer of one size).
+    :param fallback: rotate layers whose input size has no Hadamard construction by a seeded random
+        orthogonal matrix (dense) instead of refusing the model.
+    """
+
+    seed: int = 0
+    fallback: bool = False
     supports_static_scales: ClassVar[bool] = False
 
+    def __post_init__(self):
+        check_rotation_options(self.seed, self.fallback)
+
+    def check_model(self, model, adapter):
+        if self.fallback:
+            return
+        for path, linear, _ in adapter.converted_linears(model, lm_head=True):
+            try:
+                hadamard_order(linear.in_features)
+            except NoHadamardOrder as error:
+                raise ValueError(
+                    f"Hadamard(): {path} has in_features={linear.in_features}: {error}; use "
+                    "Hadamard(fallback=True) for a seeded random orthogonal rotation of such layers"
+                ) from None
+
     def prepare_linear(self, weight, channel_absmax):
-        r = hadamard_matrix(weight.shape[1]).to(weight.device)
-        return (weight.double() @ r).to(weight.dtype), Rotation(r.to(weight.dtype))
+        transform = rotation(weight.shape[1], self.seed, self.fallback).to(weight.device)
+        return transform.fold(weight), transform
 
 
 @dataclass(frozen=True)
