@@ -12,7 +12,15 @@ from spikemllm_sj import SpikeConfig, convert, load_spiking, save_spiking, set_m
 from spikemllm_sj.ann2snn.linear import SpikeLinear
 from spikemllm_sj.models.tiny import TINY_MODELS, build_tiny_model, tiny_batch, tiny_spec
 from spikemllm_sj.quantization.finite_field import FiniteField, prime_power
-from spikemllm_sj.quantization.hadamard import HadamardOrder, NoHadamardOrder, hadamard_block, hadamard_matrix, hadamard_order, paley, sylvester
+from spikemllm_sj.quantization.hadamard import (
+    HadamardOrder,
+    NoHadamardOrder,
+    hadamard_block,
+    hadamard_matrix,
+    hadamard_order,
+    paley,
+    sylvester,
+)
 from spikemllm_sj.quantization.methods import Hadamard, method_from_dict
 from spikemllm_sj.quantization.transforms import HadamardRotation, RandomOrthogonal, rotation
 

@@ -10,6 +10,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
+from leftovers import leaked_segments, segments
 
 from spikemllm_sj.lava_backend import (
     TCLIF,
@@ -21,7 +22,6 @@ from spikemllm_sj.lava_backend import (
     to_lava,
 )
 from spikemllm_sj.neurons import IntLevels, SpikeCode, TCLIFNode
-from leftovers import leaked_segments, segments
 
 pytestmark = pytest.mark.lava
 

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Optional, Union
 
 import pytest
-
 from leftovers import SHM, command_line, leaked_segments, process_group, segments
 
 pytestmark = pytest.mark.lava

@@ -80,50 +80,6 @@ def test_method_survives_the_config_dict():
     assert SpikeConfig.from_dict(config.to_dict()).method == SmoothQuant(0.75)
 
 
-@pytest.mark.parametrize("name", ["tiny-qwen2-vl", "tiny-internvl", "tiny-llava-onevision"])
-def test_quarot_residual_rotation_keeps_the_function(name):
-    from spikemllm_sj.ann2snn.adapters import adapter_for
-    from spikemllm_sj.ann2snn.journal import Journal
-    from spikemllm_sj.quantization.rotation import rotate_residual_stream
-
-    model = build_tiny_model(name, dtype=torch.float64)
-    batch = tiny_batch(model, batch_size=2)
-    with torch.no_grad():
-        before = model(**batch).logits
-        journal = Journal("memory")
-        rotate_residual_stream(model, adapter_for(model), journal)
-        journal.commit()
-        after = model(**batch).logits
-    # RMSNorm computes in float32 inside transformers: agreement to float32 rounding.
-    torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
-    lm = model.model.language_model
-    assert torch.equal(lm.layers[0].input_layernorm.weight, torch.ones_like(lm.layers[0].input_layernorm.weight))
-
-
-def test_quarot_conversion_is_exact_and_rotates_only_the_down_projection_online():
-    from spikemllm_sj.quantization.methods import QuaRot
-
-    model = build_tiny_model("tiny-qwen2-vl")
-    batch = tiny_batch(model, batch_size=2)
-    snn = convert(model, SpikeConfig(method=QuaRot()))
-    online = sorted(n for n, m in snn.named_modules() if isinstance(m, SpikeLinear) and m.transform is not None)
-    assert online and all(n.endswith("mlp.down_proj") and "language_model" in n for n in online)
-    with torch.no_grad():
-        spike = snn(**batch).logits
-        set_mode(snn, "fake_quant")
-        assert torch.equal(snn(**batch).logits, spike)
-
-
-def test_quarot_configuration_limits():
-    from spikemllm_sj.quantization.methods import QuaRot
-
-    with pytest.raises(ValueError, match="not supported with QuaRot"):
-        SpikeConfig(method=QuaRot(), act_scales="static")
-    with pytest.raises(ValueError, match="gptq' is not supported with QuaRot"):
-        SpikeConfig(method=QuaRot(), weight_method="gptq")
-    assert SpikeConfig.from_dict(SpikeConfig(method=QuaRot()).to_dict()).method == QuaRot()
-
-
 def test_a_method_is_one_registered_class_that_the_config_and_the_converter_ask():
     from dataclasses import dataclass
     from typing import ClassVar

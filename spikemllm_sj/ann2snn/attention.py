@@ -4,6 +4,8 @@ probability spikes (the attention implementation that calls them:
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn as nn
 
@@ -11,6 +13,7 @@ from spikemllm_sj.ann2snn.modalities import ModalitySource
 from spikemllm_sj.ann2snn.sites import MSTSSite, SpikeSite
 from spikemllm_sj.ann2snn.spike_ops import exact_dtype, spike_matmul
 from spikemllm_sj.neurons import IntLevels, MSTSConfig, TCLIFNode, absmax_scale, quantize
+from spikemllm_sj.quantization.transforms import Rotation
 
 __all__ = ["QUERY_SITE", "SpikeScores", "SpikeContext", "SpikeAttention"]
 
@@ -87,9 +90,28 @@ class SpikeContext(SpikeSite):
 
 
 class SpikeAttention(nn.Module):
-    """The two spike-driven matmuls of one attention module."""
+    """The two spike-driven matmuls of one attention module, and the online rotation of its
+    queries and keys (after the rotary embedding) when the quantization method asks for one
+    (QuaRot's R3: ``(q H)(k H)^T = q k^T``, the query spikes and integer keys are the rotated ones).
 
-    def __init__(self, msts: MSTSConfig, kv_levels: IntLevels, prob_levels: IntLevels, modality: ModalitySource):
+    :param query_key_rotation: a rotation over the head size, or None.
+    """
+
+    def __init__(
+        self,
+        msts: MSTSConfig,
+        kv_levels: IntLevels,
+        prob_levels: IntLevels,
+        modality: ModalitySource,
+        query_key_rotation: Optional[Rotation] = None,
+    ):
         super().__init__()
         self.qk = SpikeScores(msts, kv_levels, modality)
         self.pv = SpikeContext(kv_levels, prob_levels)
+        self.query_key_rotation = query_key_rotation
+
+    def scores(self, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+        """Unscaled ``query @ key^T`` ``[B, H, L, S]`` from ``[B, H, L, d]`` and ``[B, H, S, d]``."""
+        if self.query_key_rotation is not None:
+            query, key = self.query_key_rotation(query), self.query_key_rotation(key)
+        return self.qk(query, key)

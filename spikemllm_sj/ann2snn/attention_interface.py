@@ -40,7 +40,7 @@ def spike_attention_forward(
         raise ValueError("spike-driven attention runs in eval mode only (dropout must be 0)")
     groups = query.shape[1] // key.shape[1]
     key, value = repeat_kv(key, groups), repeat_kv(value, groups)
-    scores = ops.qk(query, key) * scaling
+    scores = ops.scores(query, key) * scaling
     if attention_mask is not None:
         scores = scores + attention_mask
     probs = nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)

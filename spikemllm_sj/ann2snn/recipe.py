@@ -55,6 +55,7 @@ from spikemllm_sj.ann2snn.preconditions import require_eval_mode
 from spikemllm_sj.ann2snn.sites import MODES, Mode, MSTSSite, SpikeSite
 from spikemllm_sj.config import SpikeConfig
 from spikemllm_sj.neurons import Modality, MSTSConfig, MSTSEncoder, check_finite
+from spikemllm_sj.quantization.rotation import InputMap
 
 __all__ = ["SpikeState", "SpikeMLLMRecipe", "convert", "set_mode", "set_msts", "spike_state"]
 
@@ -233,28 +234,38 @@ class SpikeMLLMRecipe(ModuleConversionRecipe):
         cfg = self.config
         # Weights that another module shares (tied embeddings) must outlive their linear layer.
         uses = collections.Counter(id(p) for _, p in model.named_parameters(remove_duplicate=False))
-        cfg.method.rewrite_model(model, adapter, journal)
+        input_maps = cfg.method.rewrite_model(model, adapter, journal)
         register_attention()
         for site in tqdm(sites, desc="convert", unit="layer", disable=not self.progress):
             if isinstance(site.module, nn.Linear):
                 method = cfg.method.layer_method(site.path, adapter)
-                journal.setattr(site.parent, site.attr, self._spike_linear(site, method).train(False))
+                spike = self._spike_linear(site, method, input_maps.get(site.path))
+                journal.setattr(site.parent, site.attr, spike.train(False))
                 if uses[id(site.module.weight)] == 1:
                     journal.release(site.module.weight)  # the converter still references the old module
             else:
-                attention = SpikeAttention(self._msts(site), cfg.kv_levels, cfg.prob_code.levels, site.source)
+                rotation = cfg.method.query_key_rotation(site.path, site.module, adapter)
+                attention = SpikeAttention(self._msts(site), cfg.kv_levels, cfg.prob_code.levels, site.source, rotation)
                 journal.setattr(site.module, "spike_attention", attention.train(False))
         implementations = [(c, c._attn_implementation_internal) for c in _configs(model)]
         journal.on_rollback(lambda: [setattr(c, "_attn_implementation_internal", v) for c, v in implementations])
         model.set_attn_implementation(ATTN_IMPLEMENTATION)
 
-    def _spike_linear(self, site: _Site, method) -> SpikeLinear:
+    def _spike_linear(self, site: _Site, method, input_map: Optional[InputMap]) -> SpikeLinear:
+        """The spike-driven replacement of ``site``'s linear layer; ``input_map``: what the
+        method's model rewrite did to the layer's input (the calibration saw the float model's)."""
         cfg, linear = self.config, site.module
         ranges = None if self.calibration is None else {
             m: r.to(linear.weight.device) for m, r in self.calibration.channel_absmax_of(site.path).items()
         }
         all_ranges = None if ranges is None else torch.stack(list(ranges.values())).amax(0)
-        hessian = self.calibration.hessians[site.path].to(linear.weight.device) if cfg.weight_method == "gptq" else None
+        hessian = None
+        if cfg.weight_method == "gptq":
+            hessian = self.calibration.hessians[site.path].to(device=linear.weight.device, dtype=torch.float64)
+            if input_map is not None:
+                # The rewritten layer sees x' = x A: its inputs' Hessian is A^T H A.
+                a = input_map(torch.eye(linear.in_features, dtype=torch.float64, device=hessian.device))
+                hessian = a.T @ hessian @ a
         spike = SpikeLinear(linear, self._msts(site), cfg.weight_levels, site.source, method, all_ranges, hessian)
         if cfg.act_scales == "static":
             spike.set_static_ranges(ranges)

@@ -17,10 +17,11 @@ if-chain; registering a name twice is an error.
 * :class:`Hadamard`: a randomised orthonormal Hadamard rotation of the input (``x' = x Q``,
   ``W' = W Q``) spreads outlier channels over all channels (online, at every linear input, by a
   fast Walsh-Hadamard transform).
-* :class:`QuaRot`: the language model's residual stream rotated once, folded into the weights
-  (:mod:`spikemllm_sj.quantization.rotation`), plus the online rotation of the MLP down-projection
-  input; other layers round to nearest. A model-level method: it rewrites the model before
-  conversion and says which per-layer method each layer gets.
+* :class:`QuaRot`: the language model's residual stream and its values rotated, folded into the
+  weights (:mod:`spikemllm_sj.quantization.rotation`), queries and keys rotated online after
+  RoPE, and the MLP down-projection input rotated online; other layers round to nearest. A
+  model-level method: it rewrites the model before conversion, says which per-layer method each
+  layer gets, and which attention modules rotate their queries and keys.
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ import torch.nn as nn
 from spikemllm_sj.ann2snn.adapters import ModelAdapter
 from spikemllm_sj.ann2snn.journal import Journal
 from spikemllm_sj.quantization.hadamard import NoHadamardOrder, hadamard_order
-from spikemllm_sj.quantization.rotation import check_residual_stream, rotate_residual_stream
-from spikemllm_sj.quantization.transforms import ChannelDivide, InputTransform, check_rotation_options, rotation
+from spikemllm_sj.quantization.rotation import InputMap, check_residual_stream, head_dim, rotate
+from spikemllm_sj.quantization.transforms import ChannelDivide, InputTransform, Rotation, check_rotation_options, rotation
 
 if TYPE_CHECKING:  # the config imports this module
     from spikemllm_sj.config import SpikeConfig
@@ -83,9 +84,19 @@ class QuantMethod:
         """Raise ``ValueError`` when :meth:`rewrite_model` could not rewrite ``model`` (called
         before the conversion changes anything; default: nothing to check)."""
 
-    def rewrite_model(self, model: nn.Module, adapter: ModelAdapter, journal: Journal) -> None:
+    def rewrite_model(self, model: nn.Module, adapter: ModelAdapter, journal: Journal) -> dict[str, InputMap]:
         """Rewrite ``model`` in place before its layers are converted, every change through
-        ``journal`` (so that a failed conversion undoes it); default: nothing."""
+        ``journal`` (so that a failed conversion undoes it); default: nothing.
+
+        :return: for each linear layer whose input the rewrite changes, by path, the map
+            ``x -> x'`` of its input (GPTQ's Hessians follow it: ``A^T H A``).
+        """
+        return {}
+
+    def query_key_rotation(self, path: str, attention: nn.Module, adapter: ModelAdapter) -> Optional[Rotation]:
+        """An online rotation of the queries and keys of the attention module at ``path`` (after
+        its rotary embedding), or None (default)."""
+        return None
 
     def layer_method(self, path: str, adapter: ModelAdapter) -> "QuantMethod":
         """The per-layer method of the linear layer at ``path`` (default: this method)."""
@@ -180,25 +191,54 @@ class Hadamard(QuantMethod):
 
 @dataclass(frozen=True)
 class QuaRot(QuantMethod):
-    """Residual-stream rotation folded into the weights plus online down-projection rotation."""
+    """QuaRot (Ashkboos et al. 2024) in the spiking representation: R1 on the residual stream and R2
+    head-wise on the values, folded into the weights; R3 online on queries and keys after RoPE;
+    R4 online on the down-projection input (:mod:`spikemllm_sj.quantization.rotation`). Every
+    rotation is a randomised Hadamard drawn from ``seed``. With ``weight_method="gptq"`` the
+    weights are quantized by GPTQ with the Hessians of the rotated inputs.
 
+    :param seed: seed of the rotations' random signs.
+    :param fallback: rotate sizes without a Hadamard construction by a seeded random orthogonal
+        matrix instead of refusing the model.
+    :param rotate_values: apply R2.
+    :param rotate_queries_keys: apply R3.
+    """
+
+    seed: int = 0
+    fallback: bool = False
+    rotate_values: bool = True
+    rotate_queries_keys: bool = True
     supports_static_scales: ClassVar[bool] = False
 
-    def validate(self, config):
-        super().validate(config)
-        if config.weight_method == "gptq":
-            raise ValueError(
-                "weight_method='gptq' is not supported with QuaRot(): the calibration's Hessians are those "
-                "of the unrotated model"
-            )
+    def __post_init__(self):
+        check_rotation_options(self.seed, self.fallback)
+        for name in ("rotate_values", "rotate_queries_keys"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
 
     def check_model(self, model, adapter):
         check_residual_stream(model, adapter)
+        lm = model.get_submodule(adapter.language_model)
+        sizes = {"hidden": lm.get_input_embeddings().weight.shape[1], "head": head_dim(lm.layers[0].self_attn),
+                 "intermediate": lm.layers[0].mlp.down_proj.in_features}
+        for name, size in sizes.items():
+            try:
+                rotation(size, self.seed, self.fallback)
+            except ValueError as error:
+                raise ValueError(f"QuaRot(): the {name} size of {adapter.language_model}: {error}") from None
 
     def rewrite_model(self, model, adapter, journal):
-        rotate_residual_stream(model, adapter, journal)
+        lm = model.get_submodule(adapter.language_model)
+        residual = rotation(lm.get_input_embeddings().weight.shape[1], self.seed, self.fallback)
+        values = rotation(head_dim(lm.layers[0].self_attn), self.seed, self.fallback) if self.rotate_values else None
+        return rotate(model, adapter, residual, values, journal)
+
+    def query_key_rotation(self, path, attention, adapter):
+        if not self.rotate_queries_keys or not path.startswith(f"{adapter.language_model}."):
+            return None
+        return rotation(head_dim(attention), self.seed, self.fallback)
 
     def layer_method(self, path, adapter):
-        # The residual stream is rotated already; the down-projection input rotates online.
+        # The residual stream is rotated already; the down-projection input rotates online (R4).
         is_down = path.startswith(f"{adapter.language_model}.") and path.endswith(".mlp.down_proj")
-        return Hadamard() if is_down else RTN()
+        return Hadamard(self.seed, self.fallback) if is_down else RTN()
