@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Union
 
 from spikemllm_sj.ann2snn.plan import MSTSPlan
 from spikemllm_sj.neurons import IntLevels, MSTSConfig, SpikeCode
 from spikemllm_sj.quantization.methods import METHODS, RTN, QuantMethod, method_from_dict
 
 __all__ = ["SpikeConfig"]
+
+
+CLIP_RATIOS: tuple[float, ...] = tuple(round(1.0 - 0.05 * i, 2) for i in range(11))
+"""The clip ratios a search tries: 1.0, 0.95, ..., 0.5."""
+
+
+def _check_ratio(name: str, value, other: str = "") -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise ValueError(f"{name} must be a ratio in (0, 1]{' ' + other if other else ''}, got {value!r}")
 
 
 def _check_bits(name: str, value: int, low: int, high: int) -> None:
@@ -29,10 +38,11 @@ class SpikeConfig:
     :param plan: per-site overrides of ``msts`` (:class:`~spikemllm_sj.ann2snn.plan.MSTSPlan`:
         steps by layer range, layer type, vision tower, ...); empty: every site uses ``msts``.
     :param weight_bits: symmetric per-output-channel round-to-nearest weight quantization.
-    :param kv_bits: keys (per token and head) and values (per channel and head), signed levels,
-        the integer operands of the spike-driven attention matmuls.
-    :param prob_bits: attention probabilities, unsigned levels with the fixed scale
-        ``1 / (2**prob_bits - 1)``, encoded as binary TC-LIF spikes (``prob_bits`` steps).
+    :param kv_bits: keys and values (per token and head), signed levels, the integer operands of
+        the spike-driven attention matmuls.
+    :param prob_bits: attention probabilities (each token's value scale folded in, per-row
+        scales: :class:`~spikemllm_sj.ann2snn.attention.SpikeContext`), unsigned levels encoded as
+        binary TC-LIF spikes (``prob_bits`` steps).
     :param convert_lm_head: also make the output head spike-driven (default: it stays in the
         model's precision, as do the embeddings).
     :param method: the ANN quantization method (:mod:`spikemllm_sj.quantization.methods`:
@@ -43,6 +53,13 @@ class SpikeConfig:
     :param act_scales: linear-layer input scales: ``"dynamic"`` (per token, absmax) or
         ``"static"`` (per tensor and modality, from :func:`~spikemllm_sj.ann2snn.calibration.calibrate`).
         Attention operands always use dynamic scales.
+    :param act_clip: clip ratio of the linear-layer input scales, in (0, 1] (the scale maps
+        ``act_clip * absmax`` onto ``qmax``; larger values clamp), or ``"search"``: per layer and
+        modality, the ratio of :data:`CLIP_RATIOS` with the least output error on the
+        calibration's sampled inputs (needs a calibration).
+    :param kv_clip: clip ratio of the key and value scales, in (0, 1].
+    :param weight_clip: ``"none"`` (scale at each output channel's absmax) or ``"mse"`` (per
+        output channel, the ratio of :data:`CLIP_RATIOS` with the least squared weight error).
     """
 
     msts: MSTSConfig = field(default_factory=MSTSConfig)
@@ -54,6 +71,9 @@ class SpikeConfig:
     act_scales: Literal["dynamic", "static"] = "dynamic"
     method: QuantMethod = field(default_factory=RTN)
     weight_method: Literal["rtn", "gptq"] = "rtn"
+    act_clip: Union[float, Literal["search"]] = 1.0
+    kv_clip: float = 1.0
+    weight_clip: Literal["none", "mse"] = "none"
 
     def __post_init__(self):
         if not isinstance(self.msts, MSTSConfig):
@@ -74,6 +94,11 @@ class SpikeConfig:
             raise ValueError(f"act_scales must be 'dynamic' or 'static', got {self.act_scales!r}")
         if self.weight_method not in ("rtn", "gptq"):
             raise ValueError(f"weight_method must be 'rtn' or 'gptq', got {self.weight_method!r}")
+        if self.act_clip != "search":
+            _check_ratio("act_clip", self.act_clip, "or 'search'")
+        _check_ratio("kv_clip", self.kv_clip)
+        if self.weight_clip not in ("none", "mse"):
+            raise ValueError(f"weight_clip must be 'none' or 'mse', got {self.weight_clip!r}")
         self.method.validate(self)
 
     def to_dict(self) -> dict:
@@ -92,6 +117,9 @@ class SpikeConfig:
             "act_scales": self.act_scales,
             "weight_method": self.weight_method,
             "method": self.method.to_dict(),
+            "act_clip": self.act_clip,
+            "kv_clip": self.kv_clip,
+            "weight_clip": self.weight_clip,
         }
 
     @classmethod
@@ -108,9 +136,10 @@ class SpikeConfig:
     @property
     def needs_calibration(self) -> bool:
         """Whether ``convert`` needs a :class:`~spikemllm_sj.ann2snn.calibration.Calibration` for this
-        configuration: static scales, GPTQ's Hessians, and methods that need one (SmoothQuant's
-        migration scales)."""
-        return self.act_scales == "static" or self.weight_method == "gptq" or self.method.needs_calibration
+        configuration: static scales, GPTQ's Hessians, the clip search's sampled inputs, and methods
+        that need one (SmoothQuant's migration scales)."""
+        return (self.act_scales == "static" or self.weight_method == "gptq" or self.act_clip == "search"
+                or self.method.needs_calibration)
 
     @property
     def weight_levels(self) -> IntLevels:

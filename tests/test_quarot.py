@@ -89,9 +89,9 @@ def test_gptq_gets_the_hessians_of_the_rotated_inputs(name, monkeypatch):
     seen = {}
     original = SpikeLinear.__init__
 
-    def record(self, linear, msts, weight_levels, modality, method=None, channel_absmax=None, hessian=None):
+    def record(self, linear, msts, weight_levels, modality, method=None, channel_absmax=None, hessian=None, *rest):
         seen[id(linear)] = hessian
-        original(self, linear, msts, weight_levels, modality, method, channel_absmax, hessian)
+        original(self, linear, msts, weight_levels, modality, method, channel_absmax, hessian, *rest)
 
     monkeypatch.setattr(SpikeLinear, "__init__", record)
     paths = {id(m): p for p, m in model.named_modules()}

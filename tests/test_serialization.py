@@ -158,6 +158,19 @@ def test_calibrated_methods_round_trip(tmp_path, name):
     assert_same_outputs(loaded, reference)
 
 
+def test_searched_clip_ratios_round_trip(tmp_path):
+    config = SpikeConfig(act_clip="search", kv_clip=0.85, weight_clip="mse", weight_bits=4)
+    model = calibrated("tiny-llava-onevision", config)
+    clips = {n: m.clip.clone() for n, m in model.named_modules() if isinstance(m, SpikeLinear)}
+    assert any(bool((c < 1).any()) for c in clips.values())  # the search clipped somewhere
+    reference = outputs(model, batch_of(model))
+    save_spiking(model, tmp_path)
+    loaded = load_spiking(tmp_path)
+    assert spike_state(loaded).config == config
+    assert all(torch.equal(loaded.get_submodule(n).clip, c) for n, c in clips.items())
+    assert_same_outputs(loaded, reference)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_round_trips_keep_the_dtype(tmp_path, dtype):
     model = convert(build_tiny_model("tiny-qwen2.5-vl", dtype=dtype), SpikeConfig())
@@ -393,6 +406,8 @@ def claim(model, **fields):
         (lambda m: first_linear(m).qweight.view(-1)[0].fill_(-128), r"qweight holds levels in \[-128, \d+\], outside \[-127, 127\]"),
         (lambda m: claim(m, weight_bits=4), r"qweight holds levels in \[-\d+, \d+\], outside \[-7, 7\], .*weight_bits=4"),
         (lambda m: claim(m, act_scales="static"), r"static_absmax holds no calibrated scale, but .*act_scales is 'static'"),
+        (lambda m: claim(m, act_clip=0.8), r"clip is \[1.0(, 1.0)+\], but .*act_clip is 0.8"),
+        (lambda m: first_linear(m).clip.fill_(1.5), r"clip must hold ratios in \(0, 1\], got \[1.5(, 1.5)+\]"),
     ],
 )
 def test_consistent_folders_that_misdescribe_their_tensors_are_refused(tmp_path, tamper, message):

@@ -12,13 +12,19 @@ import torch.nn as nn
 from spikemllm_sj.ann2snn.modalities import ModalitySource
 from spikemllm_sj.ann2snn.sites import MSTSSite, SpikeSite
 from spikemllm_sj.ann2snn.spike_ops import exact_dtype, spike_matmul
-from spikemllm_sj.neurons import IntLevels, MSTSConfig, TCLIFNode, absmax_scale, quantize
+from spikemllm_sj.neurons import IntLevels, MSTSConfig, TCLIFNode, absmax_scale, level_dtype, quantize, scale_from_absmax
 from spikemllm_sj.quantization.transforms import Rotation
 
-__all__ = ["QUERY_SITE", "SpikeScores", "SpikeContext", "SpikeAttention"]
+__all__ = ["QUERY_SITE", "clipped_scale", "SpikeScores", "SpikeContext", "SpikeAttention"]
 
 QUERY_SITE = "spike_attention.qk"
 """Path of an attention module's query site below the module (``<attention>.spike_attention.qk``)."""
+
+
+def clipped_scale(x: torch.Tensor, levels: IntLevels, clip: float) -> torch.Tensor:
+    """Per-token scales ``[..., 1]`` of keys or values ``x`` ``[..., d]``: ``clip * absmax / qmax``
+    (``clip`` 1: the token's absmax)."""
+    return scale_from_absmax(x.detach().abs().amax(-1, keepdim=True).to(level_dtype(x.dtype)) * clip, levels)
 
 
 class SpikeScores(MSTSSite):
@@ -28,13 +34,14 @@ class SpikeScores(MSTSSite):
 
     kind = "attention.qk"
 
-    def __init__(self, msts: MSTSConfig, kv_levels: IntLevels, modality: ModalitySource):
+    def __init__(self, msts: MSTSConfig, kv_levels: IntLevels, modality: ModalitySource, kv_clip: float = 1.0):
         super().__init__(msts, modality)
         self.kv_levels = kv_levels
+        self.kv_clip = kv_clip
 
     def forward(self, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
         B, H, L, d = query.shape
-        k_scale = absmax_scale(key, self.kv_levels, "token")  # [B, H, S, 1]
+        k_scale = clipped_scale(key, self.kv_levels, self.kv_clip)  # [B, H, S, 1]
         k_levels = quantize(key, k_scale, self.kv_levels)
         ids = self.modality(B, L).to(query.device).repeat_interleave(H, dim=0)  # every head of a token has its modality
         k_t = k_levels.reshape(B * H, -1, d).transpose(1, 2)
@@ -62,15 +69,16 @@ class SpikeContext(SpikeSite):
 
     kind = "attention.pv"
 
-    def __init__(self, kv_levels: IntLevels, prob_levels: IntLevels):
+    def __init__(self, kv_levels: IntLevels, prob_levels: IntLevels, kv_clip: float = 1.0):
         super().__init__()
         if prob_levels.signed:
             raise ValueError("prob_levels must be unsigned (probabilities are non-negative)")
         self.kv_levels = kv_levels
+        self.kv_clip = kv_clip
         self.prob = TCLIFNode(prob_levels.levels, signed=False)
 
     def forward(self, probs: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-        v_scale = absmax_scale(value, self.kv_levels, "token")  # [B, H, S, 1]
+        v_scale = clipped_scale(value, self.kv_levels, self.kv_clip)  # [B, H, S, 1]
         v_levels = quantize(value, v_scale, self.kv_levels)
         folded = probs * v_scale.transpose(-1, -2).to(probs.dtype)  # [B, H, L, S]
         code = self.prob.code
@@ -95,6 +103,7 @@ class SpikeAttention(nn.Module):
     (QuaRot's R3: ``(q H)(k H)^T = q k^T``, the query spikes and integer keys are the rotated ones).
 
     :param query_key_rotation: a rotation over the head size, or None.
+    :param kv_clip: clip ratio of the key and value scales, in (0, 1].
     """
 
     def __init__(
@@ -104,10 +113,11 @@ class SpikeAttention(nn.Module):
         prob_levels: IntLevels,
         modality: ModalitySource,
         query_key_rotation: Optional[Rotation] = None,
+        kv_clip: float = 1.0,
     ):
         super().__init__()
-        self.qk = SpikeScores(msts, kv_levels, modality)
-        self.pv = SpikeContext(kv_levels, prob_levels)
+        self.qk = SpikeScores(msts, kv_levels, modality, kv_clip)
+        self.pv = SpikeContext(kv_levels, prob_levels, kv_clip)
         self.query_key_rotation = query_key_rotation
 
     def scores(self, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:

@@ -1,8 +1,11 @@
 """Static activation scales: ``calibrate(model, batches)`` before ``convert``.
 
 For every linear layer that ``convert`` makes spike-driven, the calibration records the largest
-input magnitude per input channel and token modality over the calibration batches, and, for GPTQ
-weights, the input's second moment ``X^T X`` (the layer's Hessian up to a factor). Static scales
+input magnitude per input channel and token modality over the calibration batches, for GPTQ
+weights the input's second moment ``X^T X`` (the layer's Hessian up to a factor), and for the
+clip search a sample of the inputs themselves (per layer and modality, up to
+:data:`SAMPLE_TOKENS_PER_BATCH` of each batch's tokens, spread evenly over them, until
+:data:`SAMPLE_TOKENS`). Static scales
 are per tensor and modality (the maximum over channels, after the quantization method's input
 transform); SmoothQuant uses the per-channel ranges. The statistics are running maxima, so a
 calibration can be resumed with more batches and saved as JSON in between.
@@ -26,7 +29,12 @@ from spikemllm_sj.ann2snn.preconditions import require_eval_mode
 from spikemllm_sj.config import SpikeConfig
 from spikemllm_sj.neurons import Modality, check_finite
 
-__all__ = ["Calibration", "calibrate"]
+__all__ = ["SAMPLE_TOKENS", "SAMPLE_TOKENS_PER_BATCH", "Calibration", "calibrate"]
+
+SAMPLE_TOKENS = 512
+"""Input tokens sampled per layer and modality for the clip search, in all."""
+SAMPLE_TOKENS_PER_BATCH = 128
+"""... and at most this many from one batch."""
 
 
 @dataclass
@@ -37,6 +45,27 @@ class Calibration:
     absmax: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     batches: int = 0
     hessians: dict[str, torch.Tensor] = field(default_factory=dict)
+    samples: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+
+    def add_samples(self, site: str, modality: Modality, tokens: torch.Tensor) -> None:
+        """Keep up to :data:`SAMPLE_TOKENS_PER_BATCH` of the inputs ``[N, in]`` of ``site`` (float32,
+        CPU, spread evenly over them), up to :data:`SAMPLE_TOKENS` in all."""
+        per_site = self.samples.setdefault(site, {})
+        name = modality.name.lower()
+        kept = per_site.get(name)
+        room = SAMPLE_TOKENS - (0 if kept is None else kept.shape[0])
+        if room <= 0:
+            return
+        tokens = tokens.detach().float().cpu()
+        count = min(room, tokens.shape[0], SAMPLE_TOKENS_PER_BATCH)
+        tokens = tokens[torch.linspace(0, tokens.shape[0] - 1, count).long()]
+        per_site[name] = tokens if kept is None else torch.cat([kept, tokens])
+
+    def samples_of(self, site: str) -> dict[Modality, torch.Tensor]:
+        """Per modality, the sampled inputs ``[N, in]`` of ``site``."""
+        if site not in self.samples:
+            raise ValueError(f"the calibration has no sampled inputs of {site}: calibrate with SpikeConfig(act_clip='search')")
+        return {Modality.parse(name): x for name, x in self.samples[site].items()}
 
     def update(self, site: str, modality: Modality, channel_absmax: torch.Tensor) -> None:
         per_site = self.absmax.setdefault(site, {})
@@ -59,6 +88,10 @@ class Calibration:
                 self.update(site, Modality.parse(name), torch.tensor(values))
         for site, h in other.hessians.items():
             self.hessians[site] = h if site not in self.hessians else self.hessians[site] + h
+        for site, per_modality in other.samples.items():
+            mine = self.samples.setdefault(site, {})
+            for name, tokens in per_modality.items():
+                mine[name] = (tokens if name not in mine else torch.cat([mine[name], tokens]))[:SAMPLE_TOKENS]
         self.batches += other.batches
 
     def add_hessian(self, site: str, x2: torch.Tensor) -> None:
@@ -68,28 +101,39 @@ class Calibration:
         self.hessians[site] = h if site not in self.hessians else self.hessians[site] + h
 
     def save(self, path: str | Path) -> None:
-        """JSON at ``path``; Hessians, if any, in ``<path>.hessians.safetensors`` beside it."""
+        """JSON at ``path``; Hessians and sampled inputs, if any, in ``<path>.hessians.safetensors``
+        and ``<path>.samples.safetensors`` beside it."""
         Path(path).write_text(json.dumps({"batches": self.batches, "absmax": self.absmax}, indent=1))
         if self.hessians:
             save_file(self.hessians, f"{path}.hessians.safetensors")
+        if self.samples:
+            flat = {f"{site}|{name}": x.contiguous() for site, per in self.samples.items() for name, x in per.items()}
+            save_file(flat, f"{path}.samples.safetensors")
 
     @classmethod
     def load(cls, path: str | Path) -> "Calibration":
         data = json.loads(Path(path).read_text())
         hessians = Path(f"{path}.hessians.safetensors")
+        samples_file = Path(f"{path}.samples.safetensors")
+        samples: dict[str, dict[str, torch.Tensor]] = {}
+        for key, x in (load_file(samples_file) if samples_file.is_file() else {}).items():
+            site, _, name = key.rpartition("|")
+            samples.setdefault(site, {})[name] = x
         return cls(
             absmax=data["absmax"],
             batches=int(data["batches"]),
             hessians=load_file(hessians) if hessians.is_file() else {},
+            samples=samples,
         )
 
 
 class _InputRecorder:
     """Forward pre-hooks that record the input of each calibrated linear layer into a calibration."""
 
-    def __init__(self, calibration: Calibration, hessians: bool):
+    def __init__(self, calibration: Calibration, hessians: bool, samples: bool):
         self.calibration = calibration
         self.hessians = hessians
+        self.samples = samples
         self.ids: Optional[torch.Tensor] = None  # modality ids [B, L] of the current batch
 
     def hook(self, site: str, fixed: Optional[Modality]):
@@ -100,11 +144,14 @@ class _InputRecorder:
             if self.hessians:
                 self.calibration.add_hessian(site, x3.reshape(-1, x3.shape[-1]))
             if fixed is not None:
-                self.calibration.update(site, fixed, x3.abs().reshape(-1, x3.shape[-1]).amax(0).float())
-                return
-            ids = self.ids[:, -x3.shape[1] :]  # the output head may see only the last tokens
-            for m in ids.unique().tolist():
-                self.calibration.update(site, Modality(int(m)), x3[ids == m].abs().amax(0).float())
+                tokens = {fixed: x3.reshape(-1, x3.shape[-1])}
+            else:
+                ids = self.ids[:, -x3.shape[1] :]  # the output head may see only the last tokens
+                tokens = {Modality(int(m)): x3[ids == m] for m in ids.unique().tolist()}
+            for modality, x in tokens.items():
+                self.calibration.update(site, modality, x.abs().amax(0).float())
+                if self.samples:
+                    self.calibration.add_samples(site, modality, x)
 
         return record
 
@@ -134,7 +181,7 @@ def calibrate(
     require_eval_mode(model, "calibrating")
     visual_ids = adapter.visual_token_ids(model)
     calibration = Calibration()
-    recorder = _InputRecorder(calibration, hessians=config.weight_method == "gptq")
+    recorder = _InputRecorder(calibration, hessians=config.weight_method == "gptq", samples=config.act_clip == "search")
     handles = [
         module.register_forward_pre_hook(recorder.hook(path, fixed))
         for path, module, fixed in adapter.converted_linears(model, config.convert_lm_head)

@@ -65,8 +65,9 @@ def build_skeleton(model: nn.Module, config: SpikeConfig, device: torch.device) 
     gives it with ``config``, on ``device``, with placeholder values for the saved tensors to replace;
     return its layout.
 
-    The structure depends neither on the calibration nor on the weight method, so the skeleton is
-    converted from zero weights with dynamic scales and round-to-nearest weights, and with unit
+    The structure depends neither on the calibration nor on the weight method or the clipping, so
+    the skeleton is converted from zero weights with dynamic scales, round-to-nearest weights and
+    no clipping (the loaded ``clip`` buffers hold the ratios), and with unit
     channel ranges when the method itself needs a calibration (SmoothQuant's transform).
     """
     # from_pretrained builds the skeleton under a meta default device and the model's dtype as the
@@ -76,7 +77,7 @@ def build_skeleton(model: nn.Module, config: SpikeConfig, device: torch.device) 
         with torch.no_grad():
             for tensor in itertools.chain(model.parameters(), model.buffers()):
                 tensor.zero_()
-        structure = dataclasses.replace(config, act_scales="dynamic", weight_method="rtn")
+        structure = dataclasses.replace(config, act_scales="dynamic", weight_method="rtn", act_clip=1.0, weight_clip="none")
         convert(model.eval(), structure, calibration=_unit_calibration(model) if structure.needs_calibration else None)
     return {key: (dtype_name(t.dtype), tuple(t.shape)) for key, t in model.state_dict().items()}
 
@@ -116,9 +117,12 @@ def check_loaded(model: nn.Module, layout: Layout, manifest: Manifest, config: S
     for path, module in model.named_modules():
         if isinstance(module, SpikeLinear):
             _check_linear(path, module, config, source)
-        elif isinstance(module, MSTSSite) and module.static:
-            # Attention queries always take dynamic scales.
-            raise CheckpointError(f"{source}: {path}.static_absmax is set, but attention sites take dynamic scales only")
+        elif isinstance(module, MSTSSite):
+            # Attention queries always take dynamic, unclipped scales.
+            if module.static:
+                raise CheckpointError(f"{source}: {path}.static_absmax is set, but attention sites take dynamic scales only")
+            if not bool((module.clip == 1).all()):
+                raise CheckpointError(f"{source}: {path}.clip is {module.clip.tolist()}, but attention queries are not clipped (all 1)")
 
 
 def _check_names(loaded: set[str], expected: set[str], what: str, source: str) -> None:
@@ -146,6 +150,16 @@ def _check_linear(path: str, module: SpikeLinear, config: SpikeConfig, source: s
     calibrated = absmax[~torch.isnan(absmax)]
     if not (torch.isfinite(calibrated).all() and (calibrated > 0).all()):
         raise CheckpointError(f"{source}: {path}.static_absmax must be NaN (not calibrated) or finite and > 0, got {absmax.tolist()}")
+    clip = module.clip
+    if not bool(((clip > 0) & (clip <= 1)).all()):
+        raise CheckpointError(f"{source}: {path}.clip must hold ratios in (0, 1], got {clip.tolist()}")
+    if config.act_clip != "search":
+        fixed = torch.tensor(float(config.act_clip))
+        codes = [int(m) for m in module.encoder.config.codes]
+        if not bool((clip[codes] == fixed).all()):
+            raise CheckpointError(
+                f"{source}: {path}.clip is {clip.tolist()}, but quantization_config.spike_config.act_clip is {config.act_clip!r}"
+            )
     if module.static != (config.act_scales == "static"):
         state = "holds calibrated scales" if module.static else "holds no calibrated scale"
         raise CheckpointError(

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import Mapping, NamedTuple, Optional, Sequence
 
 import torch
 import torch.nn as nn
 
 from spikemllm_sj.ann2snn.modalities import ModalitySource
 from spikemllm_sj.ann2snn.sites import MSTSSite
-from spikemllm_sj.neurons import IntLevels, Modality, MSTSConfig
+from spikemllm_sj.neurons import IntLevels, Modality, MSTSConfig, quantize
 from spikemllm_sj.quantization.methods import RTN, QuantMethod
 from spikemllm_sj.quantization.weights import quantize_weight
 
@@ -39,8 +39,8 @@ class SpikeLinear(MSTSSite):
     """``nn.Linear`` with spike-coded input and integer weights: ``[..., in] -> [..., out]``.
 
     Weights are quantized per output channel (round-to-nearest, or GPTQ given the input
-    ``hessian``), after the quantization ``method``'s transform; the input per token, with its
-    modality's levels (MSTS).
+    ``hessian``; scales at each row's absmax, or searched over ``weight_clip_ratios``), after the
+    quantization ``method``'s transform; the input per token, with its modality's levels (MSTS).
     """
 
     kind = "linear"
@@ -54,6 +54,7 @@ class SpikeLinear(MSTSSite):
         method: QuantMethod = RTN(),
         channel_absmax: Optional[torch.Tensor] = None,
         hessian: Optional[torch.Tensor] = None,
+        weight_clip_ratios: Sequence[float] = (),
     ):
         super().__init__(msts, modality)
         self.in_features, self.out_features = linear.in_features, linear.out_features
@@ -62,7 +63,7 @@ class SpikeLinear(MSTSSite):
             # The quantized weight sees the transformed input x' = x A: its Hessian is A^T H A.
             a = self.transform.matrix(self.in_features, device=weight.device)
             hessian = a.T @ hessian.double() @ a
-        qweight, scale = quantize_weight(weight, weight_levels, hessian)
+        qweight, scale = quantize_weight(weight, weight_levels, hessian, weight_clip_ratios)
         storage = torch.int8 if weight_levels.bits <= 8 else torch.int16  # IntLevels has at most 16 bits
         self.register_buffer("qweight", qweight.to(storage))
         self.register_buffer("weight_scale", scale.reshape(1, -1).to(weight.dtype))
@@ -75,6 +76,28 @@ class SpikeLinear(MSTSSite):
         :meth:`~spikemllm_sj.quantization.transforms.InputTransform.input_absmax`)."""
         bound = self.transform.input_absmax if self.transform is not None else lambda r: float(r.max())
         self.set_static_absmax({m: bound(r) for m, r in channel_absmax.items()})
+
+    def search_clip(self, inputs: Mapping[Modality, torch.Tensor], ratios: Sequence[float]) -> dict[Modality, float]:
+        """Set, per modality, the input clip ratio of ``ratios`` with the least squared output
+        error ``||(q(x') - x') W_q^T||^2`` over sampled inputs ``x`` ``[N, in]`` of that modality
+        (``x'`` the transformed input, ``W_q`` the quantized weights), at this layer's levels and
+        scales (per token, or static); return the ratios chosen."""
+        weight = self.qweight.double() * self.weight_scale.double().reshape(-1, 1)
+        chosen = {}
+        for modality, x in inputs.items():
+            x = self.transform(x) if self.transform is not None else x
+            x = x.to(self.weight_scale.dtype)
+            levels = self.encoder.config.code_of(modality).levels
+            ids = torch.full((1, x.shape[0]), int(modality), dtype=torch.long, device=x.device)
+            errors = []
+            for ratio in ratios:
+                self.set_clip({modality: ratio})
+                scale = self.token_scale(x[None], ids)[0]
+                error = ((quantize(x, scale, levels) * scale).double() - x.double()) @ weight.T
+                errors.append(float(error.pow(2).sum()))
+            chosen[modality] = ratios[min(range(len(ratios)), key=errors.__getitem__)]  # ties: the first
+        self.set_clip(chosen)
+        return chosen
 
     def input_tokens(self, x: torch.Tensor, ids: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(x after the transform, the same as tokens [B, L, in], their modality ids [B, L])``.

@@ -53,7 +53,7 @@ from spikemllm_sj.ann2snn.modalities import (
 from spikemllm_sj.ann2snn.plan import MSTSPlan, SiteRef
 from spikemllm_sj.ann2snn.preconditions import require_eval_mode
 from spikemllm_sj.ann2snn.sites import MODES, Mode, MSTSSite, SpikeSite
-from spikemllm_sj.config import SpikeConfig
+from spikemllm_sj.config import CLIP_RATIOS, SpikeConfig
 from spikemllm_sj.neurons import Modality, MSTSConfig, MSTSEncoder, check_finite
 from spikemllm_sj.quantization.rotation import InputMap
 
@@ -227,6 +227,12 @@ class SpikeMLLMRecipe(ModuleConversionRecipe):
             if tuple(hessian.shape) != (n, n):
                 raise ValueError(f"the calibration's Hessian of {site.path} is {list(hessian.shape)}, the layer needs [{n}, {n}]")
             check_finite(hessian, f"the calibration's Hessian of {site.path}")
+        if cfg.act_clip == "search":
+            for modality, x in self.calibration.samples_of(site.path).items():
+                name = f"the calibration's sampled {modality.name.lower()} inputs of {site.path}"
+                if x.dim() != 2 or x.shape[1] != linear.in_features:
+                    raise ValueError(f"{name} have shape {list(x.shape)}, the layer has {linear.in_features} inputs")
+                check_finite(x, name)
 
     def _swap(self, model: nn.Module, adapter: ModelAdapter, sites: list[_Site], journal: Journal) -> None:
         """Rewrite the model (the method's model-level part) and swap in every spike-driven site,
@@ -245,7 +251,7 @@ class SpikeMLLMRecipe(ModuleConversionRecipe):
                     journal.release(site.module.weight)  # the converter still references the old module
             else:
                 rotation = cfg.method.query_key_rotation(site.path, site.module, adapter)
-                attention = SpikeAttention(self._msts(site), cfg.kv_levels, cfg.prob_code.levels, site.source, rotation)
+                attention = SpikeAttention(self._msts(site), cfg.kv_levels, cfg.prob_code.levels, site.source, rotation, cfg.kv_clip)
                 journal.setattr(site.module, "spike_attention", attention.train(False))
         implementations = [(c, c._attn_implementation_internal) for c in _configs(model)]
         journal.on_rollback(lambda: [setattr(c, "_attn_implementation_internal", v) for c, v in implementations])
@@ -266,9 +272,17 @@ class SpikeMLLMRecipe(ModuleConversionRecipe):
                 # The rewritten layer sees x' = x A: its inputs' Hessian is A^T H A.
                 a = input_map(torch.eye(linear.in_features, dtype=torch.float64, device=hessian.device))
                 hessian = a.T @ hessian @ a
-        spike = SpikeLinear(linear, self._msts(site), cfg.weight_levels, site.source, method, all_ranges, hessian)
+        weight_clip = CLIP_RATIOS if cfg.weight_clip == "mse" else ()
+        spike = SpikeLinear(linear, self._msts(site), cfg.weight_levels, site.source, method, all_ranges, hessian, weight_clip)
         if cfg.act_scales == "static":
             spike.set_static_ranges(ranges)
+        if cfg.act_clip == "search":
+            samples = {m: x.to(linear.weight.device) for m, x in self.calibration.samples_of(site.path).items()}
+            if input_map is not None:
+                samples = {m: input_map(x.double()).float() for m, x in samples.items()}
+            spike.search_clip(samples, CLIP_RATIOS)
+        else:
+            spike.set_clip({m: cfg.act_clip for m in spike.encoder.config.codes})
         return spike
 
 

@@ -14,14 +14,14 @@ and the rescaling that follows is the same code, so the two modes agree bit for 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal, Optional
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn as nn
 
 from spikemllm_sj.ann2snn.modalities import ModalitySource
 from spikemllm_sj.ann2snn.spike_ops import exact_dtype, spike_matmul
-from spikemllm_sj.neurons import Modality, MSTSConfig, MSTSEncoder, SpikeStats, level_dtype
+from spikemllm_sj.neurons import Modality, MSTSConfig, MSTSEncoder, SpikeStats, level_dtype, scale_from_absmax
 
 __all__ = ["Mode", "MODES", "SiteActivity", "SpikeSite", "MSTSSite"]
 
@@ -90,6 +90,9 @@ class MSTSSite(SpikeSite):
         # Static (calibrated) input absmax per modality, indexed by Modality value; NaN where the
         # calibration saw no token of that modality. All NaN: dynamic per-token scales.
         self.register_buffer("static_absmax", torch.full((len(Modality),), float("nan")))
+        # Clip ratio per modality in (0, 1]: the scale maps ratio * absmax onto qmax, and levels
+        # beyond clamp (the neuron's saturation is the quantizer's clamp).
+        self.register_buffer("clip", torch.ones(len(Modality)))
 
     def set_static_absmax(self, absmax: dict[Modality, float]) -> None:
         values = torch.full_like(self.static_absmax, float("nan"))
@@ -99,30 +102,45 @@ class MSTSSite(SpikeSite):
             values[int(modality)] = float(value)
         self.static_absmax = values
 
+    def set_clip(self, ratios: dict[Modality, float]) -> None:
+        """Clip ratios per modality, each in (0, 1] (the others stay at 1)."""
+        values = self.clip.clone()
+        for modality, ratio in ratios.items():
+            if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio <= 1:
+                raise ValueError(f"clip ratio must be in (0, 1], got {ratio!r} for {Modality(modality).name.lower()}")
+            values[int(modality)] = float(ratio)
+        self.clip = values
+
     @property
     def static(self) -> bool:
         return not bool(torch.isnan(self.static_absmax).all())
 
-    def token_scale(self, ids: torch.Tensor, dtype: torch.dtype) -> Optional[torch.Tensor]:
-        """Per-token scales ``[B, L, 1]`` of tokens with modality ``ids`` ``[B, L]`` from the
-        calibration (in ``level_dtype(dtype)``, where a small absmax / qmax cannot underflow), or
-        None for dynamic (per-token absmax) scales."""
-        if not self.static:
-            return None
-        codes = self.encoder.config.codes
-        qmax = torch.ones(len(Modality))
-        for modality, code in codes.items():
-            qmax[int(modality)] = code.levels.qmax
-        absmax = self.static_absmax.to(ids.device)[ids]
-        if torch.isnan(absmax).any():
-            missing = sorted({Modality(int(m)).name.lower() for m in ids[torch.isnan(absmax)].unique()})
-            raise ValueError(f"this site was calibrated without {', '.join(missing)} tokens")
-        return (absmax.to(level_dtype(dtype)) / qmax.to(ids.device)[ids]).unsqueeze(-1)
+    def token_qmax(self, ids: torch.Tensor) -> torch.Tensor:
+        """The ``qmax`` of each token's modality ``[B, L, 1]`` (float32)."""
+        table = torch.ones(len(Modality))
+        for modality, code in self.encoder.config.codes.items():
+            table[int(modality)] = code.levels.qmax
+        return table.to(ids.device)[ids].unsqueeze(-1)
+
+    def token_scale(self, x3: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """Per-token scales ``[B, L, 1]`` (``level_dtype(x3.dtype)``) of tokens ``x3`` ``[B, L, K]``
+        with modalities ``ids`` ``[B, L]``: ``clip * absmax / qmax``, the absmax from the
+        calibration (static) or each token's own (dynamic). Each depends on that token alone."""
+        if self.static:
+            absmax = self.static_absmax.to(ids.device)[ids]
+            if torch.isnan(absmax).any():
+                missing = sorted({Modality(int(m)).name.lower() for m in ids[torch.isnan(absmax)].unique()})
+                raise ValueError(f"this site was calibrated without {', '.join(missing)} tokens")
+            absmax = absmax.unsqueeze(-1)
+        else:
+            absmax = x3.detach().abs().amax(-1, keepdim=True)
+        clip = self.clip.to(ids.device)[ids].unsqueeze(-1)
+        return scale_from_absmax(absmax.to(level_dtype(x3.dtype)) * clip, self.token_qmax(ids))
 
     def quantize_tokens(self, x3: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The integer levels ``[B, L, K]`` and scales ``[B, L, 1]`` of tokens ``x3`` ``[B, L, K]``
         (modalities ``ids`` ``[B, L]``): what this site's spikes carry."""
-        return self.encoder.quantize(x3, ids, self.token_scale(ids, x3.dtype))
+        return self.encoder.quantize(x3, ids, self.token_scale(x3, ids))
 
     def accumulation_dtype(self, fan_in: int, other_qmax: int, dtype: torch.dtype) -> torch.dtype:
         """The floating-point dtype in which the product of this site's levels with integer
@@ -144,7 +162,7 @@ class MSTSSite(SpikeSite):
         ids = ids.to(x3.device)
         dtype = self.accumulation_dtype(x3.shape[-1], other_qmax, x3.dtype)
         other = other.to(dtype)
-        scale = self.token_scale(ids, x3.dtype)
+        scale = self.token_scale(x3, ids)
         if self.mode == "fake_quant":
             levels, scale = self.encoder.quantize(x3, ids, scale)
             return torch.matmul(levels.to(dtype), other), scale

@@ -47,15 +47,20 @@ def _configuration(run: dict) -> list[str]:
         scales = "dynamic, per token (absmax)"
     weights = "random (a tiny offline model: answers mean nothing, fidelity measures the conversion)" \
         if run["model"].startswith("tiny-") else "pretrained"
+    clip = c["act_clip"]
+    scales += ("; clip ratio searched per layer and modality on the calibration's inputs" if clip == "search"
+               else f"; clip ratio {clip:g}" if clip != 1.0 else "")
     med = "not applied: every layer uses the configuration's steps" if run["med"] is None else _med_text(run["med"])
     method = c["method"]
     rows = [
         ("model", f"`{run['model']}` ({run['model_class']}, {run['label']}, seed {run['seed']}); weights {weights}"),
         ("spike code", f"{c['msts']['scheme']}, {'signed' if c['msts']['signed'] else 'unsigned'}; {_steps_text(c['msts'])}"),
-        ("weights", f"{c['weight_bits']}-bit, per output channel, {c['weight_method'].upper()}"),
+        ("weights", f"{c['weight_bits']}-bit, per output channel, {c['weight_method'].upper()}"
+                    + (", scales MSE-clipped" if c["weight_clip"] == "mse" else "")),
         ("activation scales", scales),
         ("quantization method", f"{method['name']}" + "".join(f", {k}={v}" for k, v in method.items() if k != "name")),
-        ("attention", f"K/V {c['kv_bits']}-bit, probabilities {c['prob_bits']}-bit (binary TC-LIF)"),
+        ("attention", f"K/V {c['kv_bits']}-bit" + (f" (clip ratio {c['kv_clip']:g})" if c["kv_clip"] != 1.0 else "")
+                      + f", probabilities {c['prob_bits']}-bit (binary TC-LIF)"),
         ("output head", "spike-driven" if c["convert_lm_head"] else f"kept in {run['label']}"),
         ("MED schedule", med),
         ("inputs", f"`{run['inputs']['image']}` with {len(run['inputs']['questions'])} questions, "
