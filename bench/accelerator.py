@@ -24,8 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from spikemllm_sj.analysis import accelerator as acc  # noqa: E402
 from spikemllm_sj import convert  # noqa: E402
+from spikemllm_sj.analysis import accelerator as acc  # noqa: E402
 from spikemllm_sj.analysis.op_report import op_report  # noqa: E402
 from spikemllm_sj.models.tiny import TINY_MODELS, build_tiny_model, tiny_batch  # noqa: E402
 

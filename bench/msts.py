@@ -55,10 +55,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from spikemllm_sj.config import SpikeConfig  # noqa: E402
 from spikemllm_sj.ann2snn.recipe import set_mode  # noqa: E402
-from spikemllm_sj.med import MEDConfig, MEDStudy, analyze, compare  # noqa: E402
 from spikemllm_sj.commands.med import tiny_batches  # noqa: E402
+from spikemllm_sj.config import SpikeConfig  # noqa: E402
+from spikemllm_sj.med import MEDConfig, MEDStudy, analyze, compare  # noqa: E402
 from spikemllm_sj.quantization.methods import RTN, Hadamard, QuaRot  # noqa: E402
 
 UNIFORM = (2, 3, 4, 7)

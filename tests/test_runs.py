@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -230,6 +231,14 @@ def bad_arguments(tmp_path: Path) -> list:
         (["convert", "--question", " "], "argument --question: must be a non-empty question", []),
         (["convert", "--steps-text", "-3"], "argument --steps-text: must be a positive integer", []),
         (["convert", "--steps-text", "5", "--steps-image", "4", "--weight-bits", "1"], "weight_bits must be an int in", []),
+        (["convert", "--steps-text", "5", "--med-budget", "3.3"], "--med-budget chooses the steps, so it cannot be given with", []),
+        (["convert", "--method", "Bogus"], "argument --method: invalid choice: 'Bogus'", []),
+        (["convert", "--method", "SmoothQuant", "--method-option", "beta=1"], r"--method-option \['beta'\]: SmoothQuant takes alpha", []),
+        (["convert", "--method-option", "seed"], "argument --method-option: must be KEY=VALUE, got 'seed'", []),
+        (["convert", "--act-clip", "1.5"], r"act_clip must be a ratio in \(0, 1\] or 'search', got 1.5", []),
+        (["convert", "--act-clip", "lots"], r"argument --act-clip: must be a ratio in \(0, 1\] or 'search', got 'lots'", []),
+        (["eval", "--kv-clip", "0"], r"kv_clip must be a ratio in \(0, 1\], got 0.0", []),
+        (["med", "--weight-clip", "max"], "argument --weight-clip: invalid choice: 'max'", []),
         (["convert", "--out", str(tmp_path / "x"), "--lava-layer", "model.bogus"], "unknown layer 'model.bogus'; valid layers include",
          ["convert.load_model"]),
         (["convert", "--out", str(tmp_path / "x"), "--lava-layer", "model.language_model.layers.0.input_layernorm"],
@@ -337,3 +346,35 @@ def test_each_command_writes_its_own_default_folder():
     folders = [str(p) for p in defaults.values()] + [make_demo, make_med]
     assert len(set(folders)) == len(folders), folders
     assert parser.parse_args(["report"]).run == str(defaults["convert"])  # report reads convert's run
+
+
+def test_every_spike_config_field_is_an_option_of_the_conversion_commands():
+    parser = cli.build_parser()
+    argv = ["--steps-text", "5", "--steps-image", "2", "--method", "Hadamard", "--method-option", "seed=3",
+            "--method-option", "fallback=true", "--weight-method", "gptq", "--weight-bits", "4", "--weight-clip", "mse",
+            "--act-scales", "dynamic", "--act-clip", "search", "--kv-bits", "6", "--kv-clip", "0.9", "--prob-bits", "7",
+            "--convert-lm-head"]
+    from spikemllm_sj import SpikeConfig
+    from spikemllm_sj.neurons import MSTSConfig
+    from spikemllm_sj.quantization.methods import Hadamard
+
+    expected = SpikeConfig(
+        msts=MSTSConfig(steps={"text": 5, "image": 2, "video": 2}), method=Hadamard(seed=3, fallback=True),
+        weight_method="gptq", weight_bits=4, weight_clip="mse", act_scales="dynamic", act_clip="search", kv_bits=6,
+        kv_clip=0.9, prob_bits=7, convert_lm_head=True,
+    )
+    for command in ("convert", "eval"):
+        assert options.spike_config(parser.parse_args([command, *argv])) == expected
+    med_args = parser.parse_args(["med", *argv[4:]])  # med chooses the steps itself: no step options
+    assert options.spike_config(med_args) == replace(expected, msts=MSTSConfig(steps={"text": 4, "image": 3, "video": 3}))
+    with pytest.raises(SystemExit):
+        parser.parse_args(["med", "--steps-text", "4"])
+    assert options.spike_config(parser.parse_args(["convert"])).method.name == "RTN"
+
+
+def test_explicit_steps_replace_the_default_med_budget():
+    parser = cli.build_parser()
+    assert convert.med_budget_of(parser.parse_args(["convert"])) == convert.DEFAULT_MED_BUDGET
+    assert convert.med_budget_of(parser.parse_args(["convert", "--steps-text", "5"])) is None
+    assert convert.med_budget_of(parser.parse_args(["convert", "--med-budget", "3.6"])) == 3.6
+    assert convert.med_budget_of(parser.parse_args(["convert", "--steps-image", "2", "--med-budget", "none"])) is None

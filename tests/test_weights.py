@@ -74,3 +74,35 @@ def test_gptq_needs_hessians():
     with pytest.raises(ValueError, match="weight_method must be"):
         SpikeConfig(weight_method="awq")
     assert not any(type(m).__name__ == "SpikeLinear" for m in model.modules())
+
+
+def column_by_column_gptq(w, scale, levels, hessian, damp=0.01):
+    """GPTQ as the paper's Algorithm 1 states it before lazy batching: every column's error is
+    spread at once over all the later columns (the reference for the blocked implementation)."""
+    n = w.shape[1]
+    h = hessian.double().clone()
+    w = w.double().clone()
+    dead = torch.diagonal(h) == 0
+    h[dead, dead] = 1.0
+    w[:, dead] = 0.0
+    h += damp * torch.diagonal(h).mean() * torch.eye(n, dtype=h.dtype)
+    u = torch.linalg.cholesky(torch.linalg.inv(h), upper=True)
+    q = torch.empty_like(w)
+    for i in range(n):
+        q[:, i] = torch.clamp(torch.floor(w[:, i] / scale[:, 0].double() + 0.5), levels.qmin, levels.qmax)
+        err = (w[:, i] - q[:, i] * scale[:, 0].double()) / u[i, i]
+        w[:, i + 1 :] -= err[:, None] * u[i, i + 1 :][None, :]
+    return q.float()
+
+
+@pytest.mark.parametrize("block", [1, 5, 16, 128])
+def test_blocked_gptq_equals_the_column_by_column_algorithm(block):
+    x = correlated_inputs(d=48)
+    x[:, 7] = 0.0
+    w = torch.randn(24, 48, generator=torch.Generator().manual_seed(2))
+    levels = IntLevels.from_bits(4)
+    scale = w.abs().amax(1, keepdim=True) / levels.qmax
+    hessian = x.double().T @ x.double()
+    assert torch.equal(gptq(w, scale, levels, hessian, block=block), column_by_column_gptq(w, scale, levels, hessian))
+    with pytest.raises(ValueError, match="block must be a positive int"):
+        gptq(w, scale, levels, hessian, block=0)

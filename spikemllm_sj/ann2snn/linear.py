@@ -60,9 +60,9 @@ class SpikeLinear(MSTSSite):
         self.in_features, self.out_features = linear.in_features, linear.out_features
         weight, self.transform = method.prepare_linear(linear.weight.detach(), channel_absmax)
         if hessian is not None and self.transform is not None:
-            # The quantized weight sees the transformed input x' = x A: its Hessian is A^T H A.
-            a = self.transform.matrix(self.in_features, device=weight.device)
-            hessian = a.T @ hessian.double() @ a
+            # The quantized weight sees the transformed input x' = x A: its Hessian is A^T H A, i.e.
+            # the transform applied to the rows of H, then to the rows of (H A)^T = A^T H (H symmetric).
+            hessian = self.transform(self.transform(hessian.double()).T).T
         qweight, scale = quantize_weight(weight, weight_levels, hessian, weight_clip_ratios)
         storage = torch.int8 if weight_levels.bits <= 8 else torch.int16  # IntLevels has at most 16 bits
         self.register_buffer("qweight", qweight.to(storage))

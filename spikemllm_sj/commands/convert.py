@@ -261,6 +261,10 @@ def _run(
     return summary
 
 
+_UNSET = object()  # --med-budget not given
+DEFAULT_MED_BUDGET = 3.3
+
+
 def _med_budget(text: str) -> Optional[float]:
     if text == "none":
         return None
@@ -308,10 +312,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "MLP on tiny models, none on real ones; none: skip",
     )
     parser.add_argument(
-        "--med-budget", default=3.3, type=_med_budget,
-        help="average steps per language-model token for the MED scheduler, whose choice replaces --steps-text/--steps-image "
-        "(measured on a copy of the model), at least the smallest step count it probes (2); none: use those steps as given "
-        "(default 3.3)",
+        "--med-budget", default=_UNSET, type=_med_budget,
+        help=f"average steps per language-model token for the MED scheduler, which chooses the steps per modality "
+        f"(measured on a copy of the model), at least the smallest step count it probes (2); none: the steps as given; "
+        f"not allowed with --steps-text/--steps-image (default {DEFAULT_MED_BUDGET}, or none when steps are given)",
     )
     parser.add_argument("--no-save", action="store_true", help="do not save the spiking model")
     options.add_seed(parser)
@@ -320,14 +324,26 @@ def add_parser(sub) -> argparse.ArgumentParser:
     return parser
 
 
+def med_budget_of(args: argparse.Namespace) -> Optional[float]:
+    """The MED budget of ``--med-budget`` and the step options: explicit steps and an explicit
+    budget exclude each other; explicit steps alone mean no MED schedule."""
+    if args.med_budget is _UNSET:
+        return None if options.steps_given(args) else DEFAULT_MED_BUDGET
+    if args.med_budget is not None and options.steps_given(args):
+        raise ValueError("--med-budget chooses the steps, so it cannot be given with --steps-text/--steps-image; "
+                         "give one or the other (or --med-budget none with the steps)")
+    return args.med_budget
+
+
 def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     try:
+        budget = med_budget_of(args)
         result = run_convert(
             args.model, args.out, options.spike_config(args), calibration_data=args.calibration_data, image=args.image,
             questions=args.question or QUESTIONS, new_tokens=args.new_tokens,
             lava_layer=None if args.lava_layer == "none" else args.lava_layer, save_model=not args.no_save, seed=args.seed,
-            dtype=getattr(torch, args.dtype), med_budget=args.med_budget,
+            dtype=getattr(torch, args.dtype), med_budget=budget,
         )
     except (ValueError, TypeError, ModelLoadError, FileNotFoundError) as error:
         return options.fail("convert", error)

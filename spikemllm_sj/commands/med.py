@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 from typing import Optional, Sequence
 
+from spikemllm_sj.ann2snn.calibration import calibrate
 from spikemllm_sj.commands import options
 from spikemllm_sj.commands.run_folder import run_folder
 from spikemllm_sj.config import SpikeConfig
@@ -56,7 +57,10 @@ def run_med(
     model = build_tiny_model(model_name, seed=seed)
     calib = tiny_batches(model, calibration_batches, seed)
     held = tiny_batches(model, holdout_batches, seed + 1000)
-    study = analyze(model, calib, config, MEDConfig(tuple(candidates), groups), holdout=held, progress=progress)
+    config = config or SpikeConfig()
+    calibration = calibrate(model, calib, config, progress=False) if config.needs_calibration else None
+    study = analyze(model, calib, config, MEDConfig(tuple(candidates), groups), holdout=held, calibration=calibration,
+                    progress=progress)
     rows, schedules = compare(study, budgets=budgets, overs=(over,), holdout=True, progress=progress)
     known = baselines(study, rows, over)
     sections = study.table(groups=True) if groups is not None else None
@@ -313,6 +317,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "--over", default="tokens", choices=("tokens", "sites"),
         help="budget per language-model token (tokens) or per token encoded at any spike-driven site, vision tower included (sites)",
     )
+    options.add_config(parser, act_scales="dynamic", steps=False, dtype=False)
     parser.add_argument("--json", action="store_true", help="print the JSON instead of the summary")
     parser.set_defaults(func=run)
     return parser
@@ -331,6 +336,7 @@ def run(args: argparse.Namespace) -> int:
             groups=args.groups or None,
             budgets=tuple(args.budgets),
             over=args.over,
+            config=options.spike_config(args),
         )
     except ValueError as error:
         return options.fail("med", error)

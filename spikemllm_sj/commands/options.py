@@ -10,6 +10,8 @@ through its ``type`` (:func:`positive_int`, :func:`existing_file`, :func:`folder
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import math
 import sys
 from pathlib import Path
@@ -19,6 +21,7 @@ from spikemllm_sj.commands import run_folder as folders
 from spikemllm_sj.config import SpikeConfig
 from spikemllm_sj.models.tiny import TINY_MODELS
 from spikemllm_sj.neurons import MSTSConfig
+from spikemllm_sj.quantization.methods import METHODS, method_from_dict
 
 __all__ = [
     "EXIT_OK",
@@ -38,8 +41,10 @@ __all__ = [
     "add_config",
     "add_seed",
     "spike_config",
+    "steps_given",
 ]
 
+DEFAULT_STEPS = {"text": 4, "image": 3}  # Tt / Tv: the paper's budget
 EXIT_OK = 0
 EXIT_ERROR = 1  # an unexpected error: Python's status for an uncaught exception (with its traceback)
 EXIT_USAGE = 2  # a bad argument or input, said in one line before any work (argparse's status)
@@ -135,16 +140,84 @@ def add_model(parser: argparse.ArgumentParser, tiny_only: bool = False) -> None:
         parser.add_argument("--model", default="tiny-qwen2-vl", help=MODEL_HELP + " (default: tiny-qwen2-vl)")
 
 
-def add_config(parser: argparse.ArgumentParser, act_scales: str) -> None:
-    """The conversion options: steps per modality, weight bits, activation scales, weight dtype."""
-    parser.add_argument("--steps-text", type=positive_int, default=4, help="TC-LIF time steps of text tokens, Tt (default 4)")
-    parser.add_argument("--steps-image", type=positive_int, default=3, help="time steps of image and video tokens, Tv (default 3)")
-    parser.add_argument("--weight-bits", type=positive_int, default=8, help="weight bits, per output channel (default 8)")
-    parser.add_argument(
+def _method_option(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` of ``--method-option``, the value read as JSON (``0.5``, ``true``, ``7``) or
+    else kept as a string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ValueError(f"must be KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def _clip(text: str) -> float | str:
+    if text == "search":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"must be a ratio in (0, 1] or 'search', got {text!r}") from None
+
+
+def _ratio(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"must be a ratio in (0, 1], got {text!r}") from None
+
+
+method_option = _argument_type(_method_option, "KEY=VALUE")
+clip_ratio = _argument_type(_clip, "clip ratio")
+ratio = _argument_type(_ratio, "ratio")
+
+
+def add_config(parser: argparse.ArgumentParser, act_scales: str, steps: bool = True, dtype: bool = True) -> None:
+    """The conversion options: every :class:`SpikeConfig` field (steps per modality, the
+    quantization method and its parameters, weight method, bits and clipping, activation scales
+    and clipping, key/value and probability bits, the output head) and the weight dtype.
+
+    :param steps: offer the step options (not for commands that choose the steps themselves).
+    :param dtype: offer ``--dtype`` (commands that load real checkpoints).
+    """
+    group = parser.add_argument_group("conversion (SpikeConfig)")
+    if steps:
+        _add_steps(group)
+    _add_quantization(group, act_scales)
+    if dtype:
+        group.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="weights of real checkpoints")
+
+
+def _add_steps(group) -> None:
+    group.add_argument("--steps-text", type=positive_int, default=None, metavar="TT",
+                       help=f"TC-LIF time steps of text tokens, Tt (default {DEFAULT_STEPS['text']})")
+    group.add_argument("--steps-image", type=positive_int, default=None, metavar="TV",
+                       help=f"time steps of image and video tokens, Tv (default {DEFAULT_STEPS['image']})")
+
+
+def _add_quantization(group, act_scales: str) -> None:
+    group.add_argument("--method", default="RTN", choices=sorted(METHODS),
+                       help="the ANN quantization method the spikes carry (spikemllm_sj.quantization.methods; default RTN)")
+    group.add_argument("--method-option", type=method_option, action="append", default=[], metavar="KEY=VALUE",
+                       help="a parameter of the method, e.g. alpha=0.5 for SmoothQuant, seed=1 or fallback=true "
+                            "for Hadamard (repeatable; values read as JSON)")
+    group.add_argument("--weight-method", default="rtn", choices=("rtn", "gptq"),
+                       help="weights per output channel by round-to-nearest or GPTQ (calibrated Hessians) (default rtn)")
+    group.add_argument("--weight-bits", type=positive_int, default=8, help="weight bits, per output channel (default 8)")
+    group.add_argument("--weight-clip", default="none", choices=("none", "mse"),
+                       help="weight scales at each output channel's absmax, or searched by MSE (default none)")
+    group.add_argument(
         "--act-scales", default=act_scales, choices=("static", "dynamic"),
         help=f"linear-input scales: static (calibrated, per tensor and modality) or dynamic (per token) (default {act_scales})",
     )
-    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="weights of real checkpoints")
+    group.add_argument("--act-clip", type=clip_ratio, default=1.0, metavar="RATIO|search",
+                       help="linear-input clip ratio in (0, 1], or 'search' per layer and modality on the calibration "
+                            "(default 1.0: no clipping)")
+    group.add_argument("--kv-bits", type=positive_int, default=8, help="key and value bits, per token (default 8)")
+    group.add_argument("--kv-clip", type=ratio, default=1.0, metavar="RATIO", help="key and value clip ratio (default 1.0)")
+    group.add_argument("--prob-bits", type=positive_int, default=8, help="attention probability bits, per row (default 8)")
+    group.add_argument("--convert-lm-head", action="store_true", help="make the output head spike-driven too")
 
 
 def add_seed(parser: argparse.ArgumentParser) -> None:
@@ -152,6 +225,27 @@ def add_seed(parser: argparse.ArgumentParser) -> None:
 
 
 def spike_config(args: argparse.Namespace) -> SpikeConfig:
-    """The :class:`SpikeConfig` of the options of :func:`add_config`."""
-    msts = MSTSConfig(steps={"text": args.steps_text, "image": args.steps_image, "video": args.steps_image})
-    return SpikeConfig(msts=msts, weight_bits=args.weight_bits, act_scales=args.act_scales)
+    """The :class:`SpikeConfig` of the options of :func:`add_config` (steps not given: the defaults).
+
+    :raises ValueError: a field's value is not accepted (the message names the option's field).
+    """
+    steps = {m: getattr(args, f"steps_{m}", None) or DEFAULT_STEPS[m] for m in DEFAULT_STEPS}
+    msts = MSTSConfig(steps={**steps, "video": steps["image"]})
+    options = dict(args.method_option)
+    try:
+        method = method_from_dict({"name": args.method, **options})
+    except TypeError:
+        fields = [f.name for f in dataclasses.fields(METHODS[args.method])]
+        raise ValueError(
+            f"--method-option {sorted(options)}: {args.method} takes {', '.join(fields) if fields else 'no options'}"
+        ) from None
+    return SpikeConfig(
+        msts=msts, method=method, weight_method=args.weight_method, weight_bits=args.weight_bits,
+        weight_clip=args.weight_clip, act_scales=args.act_scales, act_clip=args.act_clip, kv_bits=args.kv_bits,
+        kv_clip=args.kv_clip, prob_bits=args.prob_bits, convert_lm_head=args.convert_lm_head,
+    )
+
+
+def steps_given(args: argparse.Namespace) -> bool:
+    """Whether ``--steps-text`` or ``--steps-image`` was given."""
+    return getattr(args, "steps_text", None) is not None or getattr(args, "steps_image", None) is not None

@@ -192,27 +192,32 @@ class Hadamard(QuantMethod):
 @dataclass(frozen=True)
 class QuaRot(QuantMethod):
     """QuaRot (Ashkboos et al. 2024) in the spiking representation: R1 on the residual stream and R2
-    head-wise on the values, folded into the weights; R3 online on queries and keys after RoPE;
-    R4 online on the down-projection input (:mod:`spikemllm_sj.quantization.rotation`). Every
-    rotation is a randomised Hadamard drawn from ``seed``. With ``weight_method="gptq"`` the
-    weights are quantized by GPTQ with the Hessians of the rotated inputs.
+    head-wise on the values, folded into the weights, with an online rotation of the attention
+    output across all heads at the ``o_proj`` input (QuaRot's ``H_heads (x) I`` after the folded
+    head-wise part; here the randomised Hadamard of the whole attention width, so that every
+    channel mixes with every other); R3 online on queries and keys after RoPE; R4 online on the
+    down-projection input (:mod:`spikemllm_sj.quantization.rotation`). Every rotation is a
+    randomised Hadamard drawn from ``seed``. With ``weight_method="gptq"`` the weights are
+    quantized by GPTQ with the Hessians of the rotated inputs.
 
     :param seed: seed of the rotations' random signs.
     :param fallback: rotate sizes without a Hadamard construction by a seeded random orthogonal
         matrix instead of refusing the model.
     :param rotate_values: apply R2.
+    :param rotate_attention_output: rotate the ``o_proj`` input online.
     :param rotate_queries_keys: apply R3.
     """
 
     seed: int = 0
     fallback: bool = False
     rotate_values: bool = True
+    rotate_attention_output: bool = True
     rotate_queries_keys: bool = True
     supports_static_scales: ClassVar[bool] = False
 
     def __post_init__(self):
         check_rotation_options(self.seed, self.fallback)
-        for name in ("rotate_values", "rotate_queries_keys"):
+        for name in ("rotate_values", "rotate_attention_output", "rotate_queries_keys"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
 
@@ -220,7 +225,7 @@ class QuaRot(QuantMethod):
         check_residual_stream(model, adapter)
         lm = model.get_submodule(adapter.language_model)
         sizes = {"hidden": lm.get_input_embeddings().weight.shape[1], "head": head_dim(lm.layers[0].self_attn),
-                 "intermediate": lm.layers[0].mlp.down_proj.in_features}
+                 "intermediate": lm.layers[0].mlp.down_proj.in_features, "attention output": lm.layers[0].self_attn.o_proj.in_features}
         for name, size in sizes.items():
             try:
                 rotation(size, self.seed, self.fallback)
@@ -239,6 +244,8 @@ class QuaRot(QuantMethod):
         return rotation(head_dim(attention), self.seed, self.fallback)
 
     def layer_method(self, path, adapter):
-        # The residual stream is rotated already; the down-projection input rotates online (R4).
-        is_down = path.startswith(f"{adapter.language_model}.") and path.endswith(".mlp.down_proj")
-        return Hadamard(self.seed, self.fallback) if is_down else RTN()
+        # The residual stream is rotated already; the down-projection input (R4) and the attention
+        # output rotate online.
+        in_lm = path.startswith(f"{adapter.language_model}.")
+        online = path.endswith(".mlp.down_proj") or (self.rotate_attention_output and path.endswith(".self_attn.o_proj"))
+        return Hadamard(self.seed, self.fallback) if in_lm and online else RTN()

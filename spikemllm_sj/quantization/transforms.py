@@ -45,7 +45,7 @@ class InputTransform(nn.Module):
         )
 
     def matrix(self, size: int, dtype: torch.dtype = torch.float64, device=None) -> torch.Tensor:
-        """The transform as a matrix ``A`` ``[in, in]`` (``x' = x A``), e.g. to map a Hessian."""
+        """The transform as a matrix ``A`` ``[in, in]`` (``x' = x A``)."""
         return self(torch.eye(size, dtype=dtype, device=device))
 
 

@@ -57,15 +57,22 @@ def quantize_weight(
     return gptq(w, scale, levels, hessian), scale
 
 
-def gptq(weight: torch.Tensor, scale: torch.Tensor, levels: IntLevels, hessian: torch.Tensor, damp: float = 0.01) -> torch.Tensor:
+def gptq(
+    weight: torch.Tensor, scale: torch.Tensor, levels: IntLevels, hessian: torch.Tensor, damp: float = 0.01, block: int = 128
+) -> torch.Tensor:
     """GPTQ levels of ``weight`` ``[out, in]`` with fixed row ``scale`` ``[out, 1]``.
 
     :param hessian: ``X^T X`` of the layer's inputs, ``[in, in]``.
     :param damp: added to the Hessian's diagonal, as a fraction of its mean, for a stable inverse.
+    :param block: columns per lazy batch: inside a block each column's error updates only the
+        block's later columns; the block's errors reach the columns after it in one matmul (the
+        paper's lazy batch updates: the same result, without rewriting the whole weight per column).
     """
     n = weight.shape[1]
     if hessian.shape != (n, n):
         raise ValueError(f"hessian must be [{n}, {n}] for a weight with {n} inputs, got {tuple(hessian.shape)}")
+    if isinstance(block, bool) or not isinstance(block, int) or block < 1:
+        raise ValueError(f"block must be a positive int, got {block!r}")
     h = hessian.double().clone()
     w = weight.double().clone()
     dead = torch.diagonal(h) == 0  # inputs never active: their weights cannot matter
@@ -76,8 +83,14 @@ def gptq(weight: torch.Tensor, scale: torch.Tensor, levels: IntLevels, hessian: 
     h_inv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
     s = scale.double()
     q = torch.empty_like(w)
-    for i in range(n):
-        q[:, i : i + 1] = quantize(w[:, i : i + 1], s, levels)
-        err = (w[:, i] - q[:, i] * s[:, 0]) / h_inv[i, i]
-        w[:, i + 1 :] -= err[:, None] * h_inv[i, i + 1 :][None, :]
+    for start in range(0, n, block):
+        end = min(start + block, n)
+        wb = w[:, start:end].clone()  # contiguous; the block's columns are not read after it
+        errors = torch.empty_like(wb)
+        for j in range(end - start):
+            i = start + j
+            q[:, i : i + 1] = quantize(wb[:, j : j + 1], s, levels)
+            errors[:, j] = (wb[:, j] - q[:, i] * s[:, 0]) / h_inv[i, i]
+            wb[:, j + 1 :] -= errors[:, j : j + 1] * h_inv[i, i + 1 : end][None, :]
+        w[:, end:] -= errors @ h_inv[start:end, end:]
     return q.float()
