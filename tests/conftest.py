@@ -13,6 +13,7 @@ property test is also marked ``slow``)::
 
 from __future__ import annotations
 
+import signal
 from typing import NamedTuple, Optional
 
 import pytest
@@ -24,6 +25,13 @@ from spikemllm_sj import SpikeConfig, convert
 from spikemllm_sj.models.tiny import TINY_MODELS, build_tiny_model, tiny_batch
 
 settings.register_profile(PROFILE, max_examples=THOROUGH, deadline=None)
+
+
+def pytest_configure(config):
+    # A shell starts background jobs with SIGINT ignored; the tests of Ctrl-C need Python's own
+    # handler, and the processes they start take the default disposition from it (a handled
+    # signal is reset to the default on exec, an ignored one stays ignored).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -12,15 +12,6 @@ import pytest
 from spikemllm_sj.interrupts import interrupts_kept, sigint_held
 
 
-@pytest.fixture(autouse=True)
-def default_sigint():
-    """Python's own SIGINT handler for each test: a shell starts background jobs with SIGINT
-    ignored, and these tests are about what happens to a delivered one."""
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    yield
-    signal.signal(signal.SIGINT, previous)
-
-
 def test_sigint_in_a_held_block_is_delivered_when_it_ends():
     done = []
     with pytest.raises(KeyboardInterrupt):
