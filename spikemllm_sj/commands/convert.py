@@ -77,6 +77,9 @@ def _energy(report: OpReport, config: SpikeConfig) -> dict:
     return {"comparison": comparison.as_dict(), "table": comparison.format_table()}
 
 
+_UNSET = object()  # --med-budget not given
+DEFAULT_MED_BUDGET = 3.3  # average steps per language-model token for the MED schedule
+
 # Tv/Tt = 3/4 steps, W8, static per-tensor scales calibrated on the calibration records.
 DEFAULT_CONFIG = SpikeConfig(act_scales="static")
 
@@ -175,7 +178,7 @@ def run_convert(
     questions: Sequence[str] = QUESTIONS,
     new_tokens: int = 6,
     lava_layer: Optional[str] = "auto",
-    med_budget: Optional[float] = 3.3,
+    med_budget: Optional[float] = DEFAULT_MED_BUDGET,
     save_model: bool = True,
     batch_size: int = 4,
     seed: int = 0,
@@ -259,10 +262,6 @@ def _run(
     }
     _write(partial, summary, done.report, activity, energy)
     return summary
-
-
-_UNSET = object()  # --med-budget not given
-DEFAULT_MED_BUDGET = 3.3
 
 
 def _med_budget(text: str) -> Optional[float]:

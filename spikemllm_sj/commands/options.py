@@ -44,7 +44,8 @@ __all__ = [
     "steps_given",
 ]
 
-DEFAULT_STEPS = {"text": 4, "image": 3}  # Tt / Tv: the paper's budget
+DEFAULTS = SpikeConfig()  # every option's default is the SpikeConfig field's
+DEFAULT_STEPS = {m: DEFAULTS.msts.steps_of(m) for m in ("text", "image")}  # Tt / Tv
 EXIT_OK = 0
 EXIT_ERROR = 1  # an unexpected error: Python's status for an uncaught exception (with its traceback)
 EXIT_USAGE = 2  # a bad argument or input, said in one line before any work (argparse's status)
@@ -197,26 +198,32 @@ def _add_steps(group) -> None:
 
 
 def _add_quantization(group, act_scales: str) -> None:
-    group.add_argument("--method", default="RTN", choices=sorted(METHODS),
-                       help="the ANN quantization method the spikes carry (spikemllm_sj.quantization.methods; default RTN)")
+    group.add_argument("--method", default=DEFAULTS.method.name, choices=sorted(METHODS),
+                       help="the ANN quantization method the spikes carry (spikemllm_sj.quantization.methods; "
+                            f"default {DEFAULTS.method.name})")
     group.add_argument("--method-option", type=method_option, action="append", default=[], metavar="KEY=VALUE",
                        help="a parameter of the method, e.g. alpha=0.5 for SmoothQuant, seed=1 or fallback=true "
                             "for Hadamard (repeatable; values read as JSON)")
-    group.add_argument("--weight-method", default="rtn", choices=("rtn", "gptq"),
-                       help="weights per output channel by round-to-nearest or GPTQ (calibrated Hessians) (default rtn)")
-    group.add_argument("--weight-bits", type=positive_int, default=8, help="weight bits, per output channel (default 8)")
-    group.add_argument("--weight-clip", default="none", choices=("none", "mse"),
-                       help="weight scales at each output channel's absmax, or searched by MSE (default none)")
+    group.add_argument("--weight-method", default=DEFAULTS.weight_method, choices=("rtn", "gptq"),
+                       help="weights per output channel by round-to-nearest or GPTQ (calibrated Hessians) "
+                            f"(default {DEFAULTS.weight_method})")
+    group.add_argument("--weight-bits", type=positive_int, default=DEFAULTS.weight_bits,
+                       help=f"weight bits, per output channel (default {DEFAULTS.weight_bits})")
+    group.add_argument("--weight-clip", default=DEFAULTS.weight_clip, choices=("none", "mse"),
+                       help=f"weight scales at each output channel's absmax, or searched by MSE (default {DEFAULTS.weight_clip})")
     group.add_argument(
         "--act-scales", default=act_scales, choices=("static", "dynamic"),
         help=f"linear-input scales: static (calibrated, per tensor and modality) or dynamic (per token) (default {act_scales})",
     )
-    group.add_argument("--act-clip", type=clip_ratio, default=1.0, metavar="RATIO|search",
+    group.add_argument("--act-clip", type=clip_ratio, default=DEFAULTS.act_clip, metavar="RATIO|search",
                        help="linear-input clip ratio in (0, 1], or 'search' per layer and modality on the calibration "
-                            "(default 1.0: no clipping)")
-    group.add_argument("--kv-bits", type=positive_int, default=8, help="key and value bits, per token (default 8)")
-    group.add_argument("--kv-clip", type=ratio, default=1.0, metavar="RATIO", help="key and value clip ratio (default 1.0)")
-    group.add_argument("--prob-bits", type=positive_int, default=8, help="attention probability bits, per row (default 8)")
+                            f"(default {DEFAULTS.act_clip}; 1.0: no clipping)")
+    group.add_argument("--kv-bits", type=positive_int, default=DEFAULTS.kv_bits,
+                       help=f"key and value bits, per token (default {DEFAULTS.kv_bits})")
+    group.add_argument("--kv-clip", type=ratio, default=DEFAULTS.kv_clip, metavar="RATIO",
+                       help=f"key and value clip ratio (default {DEFAULTS.kv_clip})")
+    group.add_argument("--prob-bits", type=positive_int, default=DEFAULTS.prob_bits,
+                       help=f"attention probability bits, per row (default {DEFAULTS.prob_bits})")
     group.add_argument("--convert-lm-head", action="store_true", help="make the output head spike-driven too")
 
 
