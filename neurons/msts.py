@@ -179,7 +179,10 @@ class MSTSEncoder(encoding.StatelessEncoder):
     """Encode activations ``[B, L, D]`` with per-token time steps chosen by modality.
 
     Each token is quantized to its modality's levels (per-token absmax scale unless ``scale`` is
-    given) and encoded by that modality's spiking neuron. Multi-step only.
+    given) and encoded by that modality's spiking neuron (``nodes[name]``, step mode ``'m'``), called
+    through its forward (:meth:`~spikemllm_sj.neurons.SpikeCodingNode.present`), so that
+    SpikingJelly's monitors on ``neuron.BaseNode`` record each modality's train ``[T, N, D]`` of the
+    ``N`` tokens of that modality. Multi-step only.
 
     :param config: steps (or bits) per modality and the spike code.
     """
@@ -191,7 +194,7 @@ class MSTSEncoder(encoding.StatelessEncoder):
         self.config = config
         self.nodes = torch.nn.ModuleDict(
             {
-                m.name.lower(): NODE_CLASSES[code.scheme](code.levels.levels, **_signed_kwarg(code))
+                m.name.lower(): NODE_CLASSES[code.scheme](code.levels.levels, step_mode="m", **_signed_kwarg(code))
                 for m, code in config.codes.items()
             }
         )
@@ -220,7 +223,7 @@ class MSTSEncoder(encoding.StatelessEncoder):
         token_scale = torch.ones(B, L, 1, dtype=level_dtype(x.dtype), device=x.device)
         offset = torch.zeros_like(token_scale)
         for modality, code, mask, x_m, s_m in self._token_groups(x, modality_ids, scale, attention_mask):
-            spikes[t_max - code.steps :, mask] = self.nodes[modality.name.lower()].encode(x_m, s_m).to(x.dtype)
+            spikes[t_max - code.steps :, mask] = self.nodes[modality.name.lower()].present(x_m, s_m).to(x.dtype)
             steps[mask] = code.steps
             token_scale[mask] = s_m
             offset[mask] = float(code.offset)

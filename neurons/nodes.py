@@ -39,6 +39,8 @@ __all__ = [
     "BidirectionalRateNode",
     "SpikeDecoder",
     "decode",
+    "input_current",
+    "integrate",
 ]
 
 
@@ -146,11 +148,12 @@ class SpikeCodingNode(BaseNode):
         return (spike,), (v, *states[1:])
 
     def multi_step_functional_forward(self, inputs, states, scale: Optional[torch.Tensor] = None):
-        spikes = []
-        for x in inputs[0]:
-            (spike,), states = self.single_step_functional_forward((x,), states, scale=scale)
+        # The single-step equations at every step, with the charge of all steps in one pass.
+        v, spikes = states[0], []
+        for level in self._levels_of(inputs[0], scale):
+            spike, v = self._fire_and_reset(torch.add(level, v, alpha=self.code.leak))
             spikes.append(spike)
-        return (torch.stack(spikes),), states
+        return (torch.stack(spikes),), (v, *states[1:])
 
     def encode(self, x: torch.Tensor, scale: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Spike train ``[T, *x.shape]`` of ``x`` (in ``level_dtype(x.dtype)``): the activation
@@ -171,6 +174,32 @@ class SpikeCodingNode(BaseNode):
             if not inference:
                 spikes[t] = spike
         return spikes if inference else torch.stack(spikes)
+
+    def present(self, x: torch.Tensor, scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The spike train of :meth:`encode` (the same tensor, bit for bit), emitted by driving this
+        node as a SpikingJelly neuron: ``self(current, scale=scale)`` in step mode ``'m'`` with the
+        input current ``[T, *x.shape]`` holding ``x`` at the first step and zeros after, from the
+        resting membrane and back to it.
+
+        Going through ``__call__`` is the point: forward hooks, and so SpikingJelly's monitors
+        (``OutputMonitor``: the spikes ``[T, *x.shape]``; ``InputMonitor``: the current;
+        ``AttributeMonitor``: ``v`` after the last step, ``v_seq`` ``[T, *x.shape]`` with
+        ``store_v_seq``), see every train a converted model emits. The node is reset before (a
+        membrane left by other use cannot leak in) and after (no state is held between calls).
+
+        :raises ValueError: the node is not in step mode ``'m'``.
+        """
+        if self.step_mode != "m":
+            raise ValueError(
+                f"present() drives the node over its {self.steps} steps in one call and needs step_mode 'm', "
+                f"got step_mode {self.step_mode!r}"
+            )
+        current = input_current(x, self.steps)
+        self.reset()
+        try:
+            return self(current, scale=scale)
+        finally:
+            self.reset()
 
     def decode(self, spikes: torch.Tensor, scale: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The value that ``spikes`` ``[T, N, *]`` carry, ``[N, *]`` (see :func:`decode`)."""
@@ -217,6 +246,16 @@ NODE_CLASSES: dict[Scheme, type[SpikeCodingNode]] = {
     "rate_binary": BinaryRateNode,
     "rate_bidirectional": BidirectionalRateNode,
 }
+
+
+def input_current(x: torch.Tensor, steps: int) -> torch.Tensor:
+    """The input current ``[steps, *x.shape]`` (``x``'s dtype) that presents ``x`` at the first step
+    and nothing after: what a spike-coding node in step mode ``'m'`` encodes ``x`` from."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    current = x.new_zeros((steps, *x.shape))
+    current[0] = x
+    return current
 
 
 def integrate(spikes: torch.Tensor, leak: int) -> torch.Tensor:

@@ -3,8 +3,9 @@
 Synaptic operations are not counted here: ``spikingjelly.activation_based.op_counter.SynOpCounter``
 counts them on the matmuls of the layer that receives the spikes, provided the spikes reach it as
 binary ``{0, 1}`` tensors. Ternary spikes are split into their two binary planes by
-:func:`binary_planes`; a spike-driven layer computes ``W @ pos - W @ neg``, and the counter then
-sees exactly one accumulation per spike and fan-out.
+:func:`binary_planes`; a spike-driven layer computes ``W @ pos - W @ neg`` (as
+:func:`~spikemllm_sj.neurons.spike_matmul` does whenever a dispatch mode such as the counter's
+observes it), and the counter then sees exactly one accumulation per spike and fan-out.
 """
 
 from __future__ import annotations
@@ -61,5 +62,11 @@ def spike_statistics(spikes: torch.Tensor, neuron_steps: Optional[int] = None) -
 
 
 def binary_planes(spikes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(pos, neg)``: the ``+1`` and ``-1`` spikes as two ``{0, 1}`` tensors, ``spikes = pos - neg``."""
-    return (spikes > 0).to(spikes.dtype), (spikes < 0).to(spikes.dtype)
+    """``(pos, neg)``: the ``+1`` and ``-1`` spikes of ``spikes`` (values in ``{-1, 0, 1}``, any shape)
+    as two ``{0, 1}`` tensors of its shape and dtype, ``spikes = pos - neg``.
+
+    Differentiable: ``pos @ W - neg @ W`` has the gradient of ``spikes @ W`` (surrogate gradients
+    pass where no spike fired, too).
+    """
+    pos = spikes.clamp(min=0)
+    return pos, pos - spikes

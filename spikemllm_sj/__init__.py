@@ -19,6 +19,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "SpikeConfig": "spikemllm_sj.config",
+    "RECOMMENDED": "spikemllm_sj.config",
     "convert": "spikemllm_sj.ann2snn.recipe",
     "set_mode": "spikemllm_sj.ann2snn.recipe",
     "set_msts": "spikemllm_sj.ann2snn.recipe",

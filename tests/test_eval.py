@@ -98,8 +98,8 @@ def test_cli_eval_errors_are_messages(tmp_path, capsys):
     empty.write_text("{broken\n")
     assert main(["eval", "--data", str(empty)]) == 2
     assert "no readable record" in capsys.readouterr().err
-    assert main(["eval", "--act-scales", "static", "--max-new-tokens", "1"]) == 2
-    assert "needs calibration records" in capsys.readouterr().err
+    assert main(["eval", "--act-scales", "static", "--max-new-tokens", "1"]) == 2  # the default method rotates
+    assert "act_scales='static' is not supported with Hadamard" in capsys.readouterr().err
     assert main(["eval", "--model", "tiny-gpt"]) == 2
     err = capsys.readouterr().err
     assert "unknown model 'tiny-gpt'" in err and "tiny-llava-onevision" in err and "Traceback" not in err

@@ -52,3 +52,17 @@ def test_images_are_redrawn_identically(tmp_path):
                 assert new.size == committed.size and new.tobytes() == committed.tobytes()
         else:
             assert (tmp_path / path).read_text() == (ROOT / path).read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.weights
+def test_the_llava_example_answers_an_easyvqa_question_on_the_trained_model(capsys):
+    from spikemllm_sj.commands.common import inputs_for
+
+    main = runpy.run_path(str(ROOT / "examples" / "llava.py"))["main"]
+    assert main(["--model", "easyvqa-llava", "--new-tokens", "3"]) == 0  # the fidelity guard passes too
+    printed = capsys.readouterr().out
+    image, question = inputs_for("easyvqa-llava").rows[0]
+    assert f"question: {question!r}" in printed
+    assert "spiking == fake-quant ANN, bit for bit (logits and tokens): True" in printed
+    assert "random weights" not in printed

@@ -34,6 +34,8 @@ from lava.proc.io.source import RingBuffer  # noqa: E402
 pytestmark = pytest.mark.lava
 
 LAYER0 = "model.language_model.layers.0"
+# The tiny model on its random batch of 2 rows, RTN without clipping (no calibration): the cheapest lava run.
+TINY_RTN = ["--model", "tiny-qwen2-vl", "--tiny-batch", "--method", "RTN", "--act-clip", "1", "--weight-clip", "none"]
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +154,7 @@ def test_lava_layers_and_errors(converted):
 
 @pytest.mark.timeout(120)
 def test_cli_lava_reports_exact_equality(capsys):
-    assert main(["lava", "--model", "tiny-qwen2-vl", "--layer", f"{LAYER0}.mlp"]) == 0
+    assert main(["lava", *TINY_RTN, "--layer", f"{LAYER0}.mlp"]) == 0
     printed = capsys.readouterr().out
     assert "max abs difference: 0;" in printed and "exact (bit for bit): yes" in printed
     assert "text 18 (4 steps each), image 24 (3 steps each)" in printed
@@ -163,7 +165,7 @@ def test_cli_lava_reports_exact_equality(capsys):
 
 @pytest.mark.timeout(120)
 def test_cli_lava_json_floating_pt(capsys):
-    argv = ["lava", "--layer", f"{LAYER0}.self_attn", "--precision", "floating_pt", "--json"]
+    argv = ["lava", *TINY_RTN, "--layer", f"{LAYER0}.self_attn", "--precision", "floating_pt", "--json"]
     assert main(argv) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["exact"] is True and result["max_abs_diff"] == 0.0
@@ -175,8 +177,8 @@ def test_cli_lava_json_floating_pt(capsys):
 
 
 def test_cli_lava_bad_layer(capsys):
-    assert main(["lava", "--layer", "model.language_model.layers.0.mlpx"]) == 2
+    assert main(["lava", *TINY_RTN, "--layer", "model.language_model.layers.0.mlpx"]) == 2
     error = capsys.readouterr().err
     assert "unknown layer 'model.language_model.layers.0.mlpx'" in error and f"{LAYER0}.mlp" in error
-    assert main(["lava", "--layer", f"{LAYER0}.input_layernorm"]) == 2
+    assert main(["lava", *TINY_RTN, "--layer", f"{LAYER0}.input_layernorm"]) == 2
     assert "cannot run on Lava" in capsys.readouterr().err

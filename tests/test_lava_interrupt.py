@@ -27,7 +27,8 @@ from leftovers import SHM, command_line, leaked_segments, process_group, segment
 
 pytestmark = pytest.mark.lava
 
-CLI = (sys.executable, "-m", "spikemllm_sj.commands.cli", "lava")
+CLI = (sys.executable, "-m", "spikemllm_sj.commands.cli", "lava", "--model", "tiny-qwen2-vl", "--tiny-batch", "--method", "RTN",
+       "--act-clip", "1", "--weight-clip", "none")
 EXIT_LIMIT_S = 5.0  # what the issue demands, from SIGINT to exit
 GIVE_UP_S = 15.0  # a run still alive then is killed (and reported as hung)
 POLL_S = 0.002

@@ -323,7 +323,8 @@ def test_analyze_bad_input():
 
 @pytest.mark.slow
 def test_cli_writes_json_report_and_plots(tmp_path, capsys):
-    args = ["med", "--out", str(tmp_path), "--candidates", "2", "3", "--batches", "1", "--holdout", "1", "--budgets", "2.5"]
+    args = ["med", "--model", "tiny-qwen2-vl", "--out", str(tmp_path), "--candidates", "2", "3", "--batches", "1", "--holdout", "1",
+            "--budgets", "2.5"]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "MSTS 2.5" in printed and "budget 2.5:" in printed

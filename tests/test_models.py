@@ -8,6 +8,7 @@ from spikemllm_sj.models.loading import ModelLoadError, load_model
 from spikemllm_sj.models.tiny import (
     TINY_MODELS,
     build_tiny_model,
+    build_tiny_processor,
     tiny_batch,
     tiny_image_batch,
     tiny_pixels,
@@ -23,9 +24,10 @@ def red_square(size=(40, 30)) -> Image.Image:
 # Loading.
 
 
-def test_tiny_names_build_offline_without_processor():
+def test_tiny_names_build_offline_with_their_processor():
     model, processor = load_model("tiny-llava", seed=3)
-    assert processor is None and not model.training
+    assert type(processor).__name__ == "LlavaProcessor" and not model.training
+    assert processor.tokenizer.padding_side == "left" and processor.image_token_id == visual_token_ids(model)["image"]
     reference = build_tiny_model("tiny-llava", seed=3)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reference.state_dict().values()))
 
@@ -56,38 +58,18 @@ def test_folder_without_a_checkpoint(tmp_path):
 
 @pytest.fixture(scope="module")
 def llava_folder(tmp_path_factory):
-    """A tiny LLaVA saved with a real LlavaProcessor (CLIP image processor, a word-level tokenizer
-    whose <image> is the tiny config's placeholder id, a chat template): the hub-checkpoint path."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import CLIPImageProcessor, LlavaProcessor, PreTrainedTokenizerFast
-
-    words = "what colour is the circle which shape blue red ? user assistant :".split()
-    vocab = {"[UNK]": 0, "<s>": 1, "</s>": 2, **{w: 3 + i for i, w in enumerate(words)}, "<image>": 500, "[PAD]": 501}
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, unk_token="[UNK]", bos_token="<s>", eos_token="</s>", pad_token="[PAD]",
-        extra_special_tokens={"image_token": "<image>"},
-    )
-    template = (
-        "{% for m in messages %}{{ m['role'] }}: {% for c in m['content'] %}{% if c['type'] == 'image' %}<image> "
-        "{% else %}{{ c['text'] }}{% endif %}{% endfor %} {% endfor %}{% if add_generation_prompt %}assistant:{% endif %}"
-    )
-    processor = LlavaProcessor(
-        image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
-        tokenizer=tokenizer, patch_size=8, vision_feature_select_strategy="default", num_additional_image_tokens=1,
-        chat_template=template,
-    )
+    """A tiny LLaVA saved with its LlavaProcessor (CLIP image processor, byte-level BPE tokenizer whose
+    <image> is the config's placeholder id, a chat template): the hub-checkpoint path."""
     folder = tmp_path_factory.mktemp("llava")
     build_tiny_model("tiny-llava").save_pretrained(folder)
-    processor.save_pretrained(folder)
+    build_tiny_processor("tiny-llava").save_pretrained(folder)
     return folder
 
 
 def test_local_checkpoint_loads_with_its_processor_and_converts(llava_folder):
     model, processor = load_model(str(llava_folder))
     assert type(model).__name__ == "LlavaForConditionalGeneration" and processor.tokenizer.padding_side == "left"
-    batch = encode(model, processor, [red_square(), red_square((64, 64))], ["what colour is the circle ?", "which shape is blue ?"])
+    batch = encode(model, processor, [red_square(), red_square((64, 64))], ["what colour is the circle ?", "which shape ?"])
     image_id = visual_token_ids(model)["image"]
     assert ((batch["input_ids"] == image_id).sum(-1) == 16).all()  # (32 / 8)^2 patches, CLS dropped
     assert batch["attention_mask"][1, 0] == 0 and batch["attention_mask"][:, -1].all()  # the shorter row is left-padded

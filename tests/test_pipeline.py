@@ -20,7 +20,7 @@ from spikemllm_sj.models.tiny import build_tiny_model, tiny_batch
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    """The default job (static scales, Lava on the first decoder MLP) on tiny-qwen2-vl."""
+    """The default job (the recommended configuration, MED at 3.3, Lava on the first decoder MLP) on tiny-qwen2-vl."""
     out = tmp_path_factory.mktemp("run")
     return out, run_convert("tiny-qwen2-vl", out, new_tokens=3, progress=False)
 
@@ -30,11 +30,14 @@ def test_pipeline_writes_a_consistent_run(run_dir):
     out, run = run_dir
     assert json.loads((out / "run.json").read_text()) == run
     assert run["fidelity"]["spike_equals_twin"] and run["label"] == "FP32"
-    assert run["config"]["act_scales"] == "static" and run["calibration"]["records"] == 6
+    assert run["config"]["method"]["name"] == "Hadamard" and run["config"]["act_clip"] == "search"
+    assert run["calibration"]["records"] == 6 and run["evaluation"] is None  # tiny models score nothing by default
+    assert run["fidelity"]["guard"]["min_cosine"] == 0.9
     # The MED scheduler's choice (budget 3.3 steps per language-model token) is what ran.
     med = run["med"]
     assert med["budget"] == 3.3 and med["chosen"]["average_steps"] <= 3.3
     assert med["chosen"]["measured_fidelity"] is not None and med["candidates_measured"] >= 1
+    assert med["clip_ratios_searched_at"] == {"text": 4, "image": 3, "video": 3}
     assert run["ops"]["steps_per_token"] == {m: float(med["steps"][m]) for m in ("image", "text")}
     assert [g["question"] for g in run["generation"]] == list(QUESTIONS)
     assert all(g["tokens"]["spike"] == g["tokens"]["fake_quant"] and len(g["tokens"]["float"]) == 3 for g in run["generation"])
@@ -56,7 +59,7 @@ def test_report_links_existing_plots_and_rerenders_identically(run_dir):
     for heading in ("## Configuration", "## Fidelity", "## Ops and energy", "## One layer on Lava", "## Plots"):
         assert heading in text
     images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
-    assert images == ["firing_rates.png", "raster.png", "steps.png"]
+    assert images == ["inputs/0.png", "inputs/0.png", "firing_rates.png", "raster.png", "steps.png"]  # the rows' image
     for name in images:
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert f"| {run['ops']['spikes']} | {run['ops']['synops']} |" in text
@@ -83,8 +86,9 @@ def test_report_needs_a_run_folder(tmp_path, capsys):
 @pytest.mark.slow
 def test_cli_convert_json_without_lava_or_saving(tmp_path, capsys):
     out = tmp_path / "llava"
-    code = main(["convert", "--model", "tiny-llava", "--out", str(out), "--act-scales", "dynamic", "--lava-layer", "none",
-                 "--no-save", "--new-tokens", "2", "--question", "Is it red?", "--json"])
+    code = main(["convert", "--model", "tiny-llava", "--out", str(out), "--method", "RTN", "--act-clip", "1",
+                 "--weight-clip", "none", "--lava-layer", "none", "--med-budget", "none", "--no-save", "--new-tokens", "2",
+                 "--question", "Is it red?", "--json", "--min-cosine", "none"])
     assert code == 0
     run = json.loads(capsys.readouterr().out)
     assert run["lava"] == {"skipped": "no Lava layer asked for"} and run["saved_model"] is None
@@ -105,7 +109,7 @@ def test_cli_convert_bad_models_are_messages(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert "not available locally" in err and "Traceback" not in err
     (tmp_path / "bad.png").write_bytes(b"\x89PNG broken")
-    assert main(["convert", "--image", str(tmp_path / "bad.png"), "--out", str(tmp_path / "run")]) == 2
+    assert main(["convert", "--model", "tiny-qwen2-vl", "--image", str(tmp_path / "bad.png"), "--out", str(tmp_path / "run")]) == 2
     assert "cannot be read" in capsys.readouterr().err
 
 

@@ -470,3 +470,44 @@ def test_gemma3_converted_on_its_own_spikes_as_its_fake_quant_twin_on_text(gemma
         w8a8 = snn(input_ids=ids).logits
     assert F.cosine_similarity(w8a8.flatten(), fp32.flatten(), dim=0) > 0.99
     assert _perplexity(w8a8, ids) < 1.5 * _perplexity(fp32, ids) < 150
+
+
+@pytest.mark.slow
+@pytest.mark.weights
+def test_the_easyvqa_llava_name_loads_the_trained_model_with_a_processor_that_matches_training(smollm2_cache, test_split):
+    from PIL import Image
+
+    from spikemllm_sj.models.inputs import encode
+    from spikemllm_sj.models.loading import load_model
+
+    model, processor = load_model("easyvqa-llava")
+    assert type(processor).__name__ == "LlavaProcessor" and processor.tokenizer.padding_side == "left"
+    records = ev.one_question_per_image(test_split, seed=0, limit=3)
+    images = [Image.fromarray(test_split.images[r.image_id].permute(1, 2, 0).numpy()) for r in records]
+    batch = encode(model, processor, images, [r.question for r in records])
+    # The processor path (chat template, placeholder expansion, pixels) gives training's inputs exactly.
+    reference = ev.prompt_batch(model, processor.tokenizer, test_split, records)
+    assert batch.keys() == reference.keys()
+    assert all(torch.equal(batch[k], reference[k]) for k in reference)
+
+
+@pytest.mark.slow
+@pytest.mark.weights
+def test_spikemllm_eval_on_the_trained_model_answers_with_the_default_configuration(smollm2_cache, tmp_path, capsys):
+    # The command that gave garbage with the former RTN default (logit cosine 0.15, 0/6 answers).
+    import json as json_
+
+    from spikemllm_sj.commands.cli import main
+    from spikemllm_sj.data.easyvqa import records_file
+
+    data = records_file("test", 8, folder=tmp_path)
+    assert main(["eval", "--model", "easyvqa-llava", "--data", str(data), "--out", str(tmp_path / "run")]) == 0
+    result = json_.loads((tmp_path / "run" / "eval.json").read_text())
+    assert result["config"]["method"]["name"] == "Hadamard" and result["spike_equals_twin"] is True
+    assert result["calibration"]["records"] == 32 and "train-32-seed0.jsonl" in result["calibration"]["path"]
+    assert result["accuracy"]["spike"] >= 0.625  # FP32: 5/8 on these 8 questions
+    assert "calibrated on 32 records of" in capsys.readouterr().out
+    # The former default, plain round-to-nearest at Tv/Tt = 3/4, on the same questions.
+    rtn = ["--method", "RTN", "--act-clip", "1", "--weight-clip", "none"]
+    assert main(["eval", "--model", "easyvqa-llava", "--data", str(data), "--json", *rtn]) == 0
+    assert json_.loads(capsys.readouterr().out)["accuracy"]["spike"] <= 0.125

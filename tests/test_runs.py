@@ -18,14 +18,17 @@ import pytest
 import torch
 
 from spikemllm_sj.ann2snn.linear import SpikeLinear
+from spikemllm_sj.ann2snn.recipe import spike_state
 from spikemllm_sj.commands import cli, convert, demo, evaluate, lava, med, options
 from spikemllm_sj.commands.cli import main
 from spikemllm_sj.commands.run_folder import run_folder, write_file
 
 ROOT = Path(__file__).resolve().parents[1]
-# The cheapest whole convert run: dynamic scales, no MED, no Lava, one row, one new token.
-QUICK = ["--act-scales", "dynamic", "--med-budget", "none", "--lava-layer", "none", "--new-tokens", "1",
-         "--question", "What colour is the circle?"]
+# The cheapest whole convert run: a tiny model, RTN with dynamic scales and no clipping (no
+# calibration), no MED, no scored records, no Lava, one row, one new token.
+TINY = ["--model", "tiny-qwen2-vl"]
+QUICK = [*TINY, "--method", "RTN", "--act-scales", "dynamic", "--act-clip", "1", "--weight-clip", "none",
+         "--med-budget", "none", "--lava-layer", "none", "--new-tokens", "1", "--question", "What colour is the circle?"]
 
 
 def tree(folder: Path) -> dict[str, str]:
@@ -142,7 +145,8 @@ def test_a_rerun_without_saving_leaves_no_old_model_or_eval_behind(previous_run,
 STAGES = [
     ("spikemllm_sj.commands.convert", "load_model", []),
     ("spikemllm_sj.commands.convert", "calibration_for", [pytest.mark.slow]),
-    ("spikemllm_sj.commands.convert", "convert_compare_report", [pytest.mark.slow]),
+    ("spikemllm_sj.commands.convert", "convert_and_compare", [pytest.mark.slow]),
+    ("spikemllm_sj.commands.convert", "op_report", [pytest.mark.slow]),
     ("spikemllm_sj.commands.convert", "record_activity", [pytest.mark.slow]),
     ("spikemllm_sj.commands.convert", "save_spiking", [pytest.mark.slow]),
     ("spikemllm_sj.commands.convert", "render_report", []),  # the last write: the partial run is complete
@@ -196,7 +200,7 @@ class Work:
     def __init__(self, monkeypatch):
         self.calls = []
         for module, name in [(convert, "load_model"), (convert, "calibration_for"), (evaluate, "load_model"),
-                             (lava, "build_tiny_model"), (lava, "convert_compare_report"), (med, "build_tiny_model"),
+                             (lava, "load_model"), (lava, "convert_compare_report"), (med, "build_tiny_model"),
                              (demo, "run_demo")]:
             real = getattr(module, name)
             monkeypatch.setattr(module, name, self.recorder(f"{module.__name__.rpartition('.')[2]}.{name}", real))
@@ -239,17 +243,23 @@ def bad_arguments(tmp_path: Path) -> list:
         (["convert", "--act-clip", "lots"], r"argument --act-clip: must be a ratio in \(0, 1\] or 'search', got 'lots'", []),
         (["eval", "--kv-clip", "0"], r"kv_clip must be a ratio in \(0, 1\], got 0.0", []),
         (["med", "--weight-clip", "max"], "argument --weight-clip: invalid choice: 'max'", []),
-        (["convert", "--out", str(tmp_path / "x"), "--lava-layer", "model.bogus"], "unknown layer 'model.bogus'; valid layers include",
-         ["convert.load_model"]),
-        (["convert", "--out", str(tmp_path / "x"), "--lava-layer", "model.language_model.layers.0.input_layernorm"],
+        (["convert", *TINY, "--out", str(tmp_path / "x"), "--lava-layer", "model.bogus"],
+         "unknown layer 'model.bogus'; valid layers include", ["convert.load_model"]),
+        (["convert", *TINY, "--out", str(tmp_path / "x"), "--lava-layer", "model.language_model.layers.0.input_layernorm"],
          "input_layernorm is a Qwen2VLRMSNorm, which cannot run on Lava", ["convert.load_model"]),
+        (["convert", "--min-cosine", "2"], r"argument --min-cosine: must be a cosine in \[-1, 1\] or none, got '2'", []),
+        (["convert", "--eval-data", missing], "argument --eval-data: .*missing.jsonl does not exist", []),
+        (["convert", "--prompt", "no field"], "argument --prompt: prompt must hold {question} exactly once", []),
+        (["convert", "--plan", missing], "argument --plan: .*missing.jsonl does not exist", []),
+        (["convert", "--act-scales", "static"], "act_scales='static' is not supported with Hadamard", []),
         (["eval", "--out", str(a_file)], "argument --out: .*a_file is a file, not a folder", []),
         (["eval", "--data", missing], "argument --data: .*does not exist", []),
         (["eval", "--batch-size", "0"], "argument --batch-size: must be a positive integer", []),
-        (["eval", "--act-scales", "static"], "needs calibration records", []),
+        (["eval", "--prompt", "{answer}"], "argument --prompt: prompt must be a template with a {question} field", []),
         (["lava", "--params", str(tmp_path / "nonexistent.toml")], "argument --params: .*nonexistent.toml does not exist", []),
         (["lava", "--params", str(tmp_path / "bad.toml")], "bad.toml|Expected", []),
-        (["lava", "--layer", "model.bogus"], "unknown layer 'model.bogus'", ["lava.build_tiny_model"]),
+        (["lava", *TINY, "--layer", "model.bogus"], "unknown layer 'model.bogus'", ["lava.load_model"]),
+        (["lava", "--tiny-batch"], "--tiny-batch needs a tiny model", []),
         (["med", "--out", str(a_file)], "argument --out: .*a_file is a file, not a folder", []),
         (["med", "--budgets", "1.5"], "budget 1.5 is below the smallest step count 2", []),
         (["med", "--budgets", "nan"], "argument --budgets: must be a finite number > 0, got 'nan'", []),
@@ -320,7 +330,7 @@ def test_spiking_different_from_fake_quant_is_status_3_and_still_a_complete_run(
 def test_eval_answers_different_from_fake_quant_are_status_3(monkeypatch, capsys):
     # eval compares answers, token for token: a change large enough to move them.
     _perturb_spike_mode(monkeypatch, lambda out: torch.full_like(out, 1e3))
-    assert main(["eval", "--data", str(ROOT / "data" / "eval_sample" / "sample.jsonl"), "--max-new-tokens", "2"]) == 3
+    assert main(["eval", *TINY, "--data", str(ROOT / "data" / "eval_sample" / "sample.jsonl"), "--max-new-tokens", "2"]) == 3
     assert "spiking answers == fake-quant answers, token for token: False" in capsys.readouterr().out
 
 
@@ -363,13 +373,74 @@ def test_every_spike_config_field_is_an_option_of_the_conversion_commands():
         weight_method="gptq", weight_bits=4, weight_clip="mse", act_scales="dynamic", act_clip="search", kv_bits=6,
         kv_clip=0.9, prob_bits=7, convert_lm_head=True,
     )
-    for command in ("convert", "eval"):
+    for command in ("convert", "eval", "lava"):
         assert options.spike_config(parser.parse_args([command, *argv])) == expected
     med_args = parser.parse_args(["med", *argv[4:]])  # med chooses the steps itself: no step options
     assert options.spike_config(med_args) == replace(expected, msts=MSTSConfig(steps={"text": 4, "image": 3, "video": 3}))
     with pytest.raises(SystemExit):
         parser.parse_args(["med", "--steps-text", "4"])
-    assert options.spike_config(parser.parse_args(["convert"])).method.name == "RTN"
+    # The same options as a mapping (lmms-eval's model_args), through the same parser.
+    mapping = {"steps_text": "5", "steps_image": "2", "method": "Hadamard", "method_option": "seed=3;fallback=true",
+               "weight_method": "gptq", "weight_bits": "4", "weight_clip": "mse", "act_scales": "dynamic",
+               "act_clip": "search", "kv_bits": "6", "kv_clip": "0.9", "prob_bits": "7", "convert_lm_head": "true"}
+    assert options.config_from_mapping(mapping) == expected
+    with pytest.raises(ValueError, match="unknown configuration option 'bits'; accepted: act_clip, act_scales"):
+        options.config_from_mapping({"bits": "8"})
+    with pytest.raises(ValueError, match="argument --weight-bits: must be a positive integer, got 'x'"):
+        options.config_from_mapping({"weight_bits": "x"})
+
+
+def test_the_default_configuration_is_the_best_measured_one_everywhere():
+    from spikemllm_sj.config import RECOMMENDED
+    from spikemllm_sj.integrations.lmms_eval import SpikeMLLMRequests  # noqa: F401  (imports cleanly)
+
+    parser = cli.build_parser()
+    for command in ("convert", "eval", "lava"):
+        assert options.spike_config(parser.parse_args([command])) == RECOMMENDED, command
+    assert options.spike_config(parser.parse_args(["med"])) == RECOMMENDED
+    assert options.config_from_mapping({}) == RECOMMENDED
+    assert RECOMMENDED.method.name == "Hadamard" and RECOMMENDED.act_clip == "search" and RECOMMENDED.weight_clip == "mse"
+    # --method-option keeps the default method's other parameters.
+    args = parser.parse_args(["convert", "--method-option", "seed=2"])
+    assert options.spike_config(args).method == replace(RECOMMENDED.method, seed=2)
+    help_text = " ".join(parser._subparsers._group_actions[0].choices["convert"].format_help().split())
+    assert "82.8% against 85.2% FP32 on the trained easy-VQA LLaVA" in help_text
+
+
+def test_version(capsys):
+    import spikemllm_sj
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"spikemllm-sj {spikemllm_sj.__version__}"
+
+
+def test_a_conversion_below_the_fidelity_guard_is_status_4_and_says_so(tmp_path, capsys):
+    out = tmp_path / "run"
+    # W2 weights: the spiking model equals its twin, and is far from the float model.
+    assert main(["convert", "--out", str(out), *QUICK, "--no-save", "--weight-bits", "2"]) == options.EXIT_LOW_FIDELITY
+    run = json.loads((out / "run.json").read_text())
+    assert run["fidelity"]["spike_equals_twin"] is True
+    assert run["fidelity"]["guard"] == {"min_cosine": options.DEFAULT_MIN_COSINE, "passed": False}
+    assert run["fidelity"]["logit_cosine"] < options.DEFAULT_MIN_COSINE
+    assert "FIDELITY GUARD FAILED" in capsys.readouterr().err
+    assert "**FIDELITY GUARD FAILED**" in (out / "report.md").read_text()
+    assert main(["convert", "--out", str(out), *QUICK, "--no-save", "--weight-bits", "2", "--min-cosine", "none"]) == 0
+
+
+def test_med_refuses_a_schedule_below_the_fidelity_guard():
+    from spikemllm_sj import SpikeConfig
+    from spikemllm_sj.med.analysis import LowFidelityError, scheduled_config
+    from spikemllm_sj.models.tiny import build_tiny_model, tiny_batch
+
+    model = build_tiny_model("tiny-qwen2-vl")
+    batches = [tiny_batch(model, 2, seed=0)]
+    config, record, snn = scheduled_config(model, batches, SpikeConfig(), None, 3.3, min_cosine=-1.0)
+    assert record["chosen"]["measured_fidelity"] > -1.0
+    assert spike_state(snn).config == config  # the copy MED measured, with the steps it chose
+    with pytest.raises(LowFidelityError, match=r"MED: the best schedule within the budget of 3.3 steps per token .* below "
+                                               r"the fidelity guard's 1"):
+        scheduled_config(model, batches, SpikeConfig(), None, 3.3, min_cosine=1.0)
 
 
 def test_explicit_steps_replace_the_default_med_budget():

@@ -12,6 +12,7 @@ import textwrap
 import pytest
 import torch
 import transformers
+from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -19,7 +20,10 @@ from spikemllm_sj import SpikeConfig, calibrate, convert
 from spikemllm_sj.ann2snn.checkpoint_format import CheckpointError
 from spikemllm_sj.ann2snn.linear import SpikeLinear
 from spikemllm_sj.ann2snn.recipe import spike_state
+from spikemllm_sj.commands.common import EXAMPLE_IMAGE, QUESTIONS
 from spikemllm_sj.integrations.serialization import load_spiking, save_spiking
+from spikemllm_sj.models.inputs import decode, encode, read_image
+from spikemllm_sj.models.loading import load_model
 from spikemllm_sj.models.tiny import build_tiny_model, tiny_batch
 from spikemllm_sj.neurons import MSTSConfig
 from spikemllm_sj.quantization.methods import QuaRot, SmoothQuant
@@ -223,6 +227,58 @@ def test_the_processor_is_saved_and_its_files_verified(static_folder, static_cop
         load_spiking(static_copy)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_processor_reloads_with_auto_processor_from_the_same_folder(tmp_path, dtype):
+    # tiny-llava's processor is a real LlavaProcessor (CLIP image processor, BPE tokenizer, chat template).
+    model, processor = load_model("tiny-llava", dtype=dtype)
+    convert(model, MSTS_6BIT)
+    image = read_image(EXAMPLE_IMAGE)
+    rows = ([image, image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)], list(QUESTIONS))
+    batch = encode(model, processor, *rows)
+    reference = outputs(model, batch)
+    save_spiking(model, tmp_path, processor)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert {"processor_config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"} <= set(
+        config["quantization_config"]["files"]
+    )
+    assert config["dtype"] == config["quantization_config"]["dtype"] == str(dtype).removeprefix("torch.")
+
+    reloaded = transformers.AutoProcessor.from_pretrained(tmp_path)
+    loaded = transformers.AutoModelForImageTextToText.from_pretrained(tmp_path)
+    assert type(reloaded) is type(processor) and loaded.dtype == dtype
+    again = encode(loaded, reloaded, *rows)
+    assert again.keys() == batch.keys() and all(torch.equal(again[k], batch[k]) for k in batch)
+    logits, tokens = outputs(loaded, again)
+    assert logits.dtype == dtype and torch.equal(logits, reference[0]) and torch.equal(tokens, reference[1])
+    assert decode(reloaded, tokens) == decode(processor, reference[1])
+
+
+@pytest.mark.slow
+@pytest.mark.weights
+def test_the_trained_llava_shares_as_one_folder_with_its_processor_in_bfloat16(tmp_path):
+    from spikemllm_sj.ann2snn.recipe import set_mode
+    from spikemllm_sj.models.loading import ModelLoadError
+
+    try:
+        model, processor = load_model("easyvqa-llava", dtype=torch.bfloat16)
+    except ModelLoadError as error:
+        pytest.skip(str(error))
+    convert(model, SpikeConfig())
+    set_mode(model, "fake_quant")  # the spiking forward equals it bit for bit (test_real_weights) and is 7x slower here
+    rows = ([read_image(EXAMPLE_IMAGE)], ["what colour is the circle?"])
+    with torch.no_grad():
+        logits = model(**encode(model, processor, *rows)).logits
+    save_spiking(model, tmp_path, processor)
+    reloaded = transformers.AutoProcessor.from_pretrained(tmp_path)
+    loaded = transformers.AutoModelForImageTextToText.from_pretrained(tmp_path)
+    assert type(reloaded).__name__ == "LlavaProcessor" and loaded.dtype == torch.bfloat16
+    assert reloaded.chat_template == processor.chat_template
+    set_mode(loaded, "fake_quant")
+    with torch.no_grad():
+        again = loaded(**encode(loaded, reloaded, *rows)).logits
+    assert again.dtype == torch.bfloat16 and torch.equal(again, logits)
+
+
 # Without spikemllm_sj, transformers refuses the folder.
 
 
@@ -240,9 +296,12 @@ def test_from_pretrained_without_spikemllm_sj_fails_instead_of_loading_random_we
         print(sorted(m for m in sys.modules if m.startswith("spikemllm")))
         """
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = run.stdout.splitlines()
     assert out[:2] == [out[0]] * 2 and out[0].startswith('Specified `attn_implementation="spikemllm"` is not supported')
     assert out[2] == "[]"
+    # transformers says first that it does not know the quantization method, by name.
+    assert run.stderr.count("Unknown quantization type, got spikemllm") == 2
 
 
 def test_import_spikemllm_sj_registers_the_quantizer_without_importing_transformers():

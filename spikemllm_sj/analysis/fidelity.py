@@ -9,7 +9,7 @@ converts the model between the two and leaves it converted, in spike mode.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +21,7 @@ from spikemllm_sj.config import SpikeConfig
 from spikemllm_sj.models.inputs import generate_tokens
 from spikemllm_sj.neurons import token_mask
 
-__all__ = ["VARIANTS", "VariantOutputs", "ThreeWay", "convert_and_compare"]
+__all__ = ["VARIANTS", "VariantOutputs", "ThreeWay", "convert_and_compare", "compare_converted"]
 
 VARIANTS: tuple[str, ...] = ("float", "fake_quant", "spike")
 """The three models compared: float (as loaded), the fake-quant twin, the spiking model."""
@@ -77,35 +77,66 @@ def _outputs(model, batch: dict, new_tokens: int, logits: bool) -> VariantOutput
     return VariantOutputs(out, generate_tokens(model, batch, new_tokens))
 
 
+def _flags(batches: list, logits) -> list[bool]:
+    flags = [logits] * len(batches) if isinstance(logits, bool) else list(logits)
+    if len(flags) != len(batches) or not all(isinstance(f, bool) for f in flags):
+        raise ValueError(f"logits must be a bool or one bool per batch ({len(batches)}), got {logits!r}")
+    for batch in batches:  # before any forward: a mask of -1 or 2 is not read as "keep"
+        token_mask(batch["attention_mask"], tuple(batch["input_ids"].shape))
+    return flags
+
+
+def _float_outputs(model, batches: list, new_tokens: int, flags: list[bool], progress: bool) -> list[VariantOutputs]:
+    return [_outputs(model, b, new_tokens, flag)
+            for b, flag in zip(tqdm(batches, desc="float model", unit="batch", disable=not progress), flags)]
+
+
+def _converted_outputs(snn, batches: list, floats: list[VariantOutputs], new_tokens: int, flags: list[bool],
+                       progress: bool) -> list[ThreeWay]:
+    runs = []
+    try:
+        for batch, ref, flag in zip(tqdm(batches, desc="spiking + fake-quant", unit="batch", disable=not progress), floats, flags):
+            set_mode(snn, "spike")
+            spike = _outputs(snn, batch, new_tokens, flag)
+            set_mode(snn, "fake_quant")
+            twin = _outputs(snn, batch, new_tokens, flag)
+            runs.append(ThreeWay(ref, twin, spike, batch["attention_mask"]))
+    finally:
+        set_mode(snn, "spike")
+    return runs
+
+
 def convert_and_compare(
     model,
     batches: Iterable[dict],
     new_tokens: int,
     config: Optional[SpikeConfig] = None,
     calibration: Optional[Calibration] = None,
-    logits: bool = True,
+    logits: Union[bool, Sequence[bool]] = True,
     progress: bool = True,
 ) -> list[ThreeWay]:
     """Run ``batches`` (forward kwargs) through the float ``model``, convert it in place with
     ``config`` (and ``calibration``), and run them again spike-driven and as the fake-quant twin.
 
-    :param logits: also take the prompt logits (one more forward per batch and variant).
+    :param logits: also take the prompt logits (one more forward per batch and variant); one
+        flag for all batches or one per batch.
     :return: one :class:`ThreeWay` per batch; the model is left converted, in spike mode.
     """
     batches = list(batches)
-    for batch in batches:  # before any forward: a mask of -1 or 2 is not read as "keep"
-        token_mask(batch["attention_mask"], tuple(batch["input_ids"].shape))
-    floats = [_outputs(model, b, new_tokens, logits) for b in tqdm(batches, desc="float model", unit="batch", disable=not progress)]
+    flags = _flags(batches, logits)
+    floats = _float_outputs(model, batches, new_tokens, flags, progress)
     with torch.no_grad():
         convert(model, config, calibration, progress=progress)
-    runs = []
-    try:
-        for batch, ref in zip(tqdm(batches, desc="spiking + fake-quant", unit="batch", disable=not progress), floats):
-            set_mode(model, "spike")
-            spike = _outputs(model, batch, new_tokens, logits)
-            set_mode(model, "fake_quant")
-            twin = _outputs(model, batch, new_tokens, logits)
-            runs.append(ThreeWay(ref, twin, spike, batch["attention_mask"]))
-    finally:
-        set_mode(model, "spike")
-    return runs
+    return _converted_outputs(model, batches, floats, new_tokens, flags, progress)
+
+
+def compare_converted(
+    model, snn, batches: Iterable[dict], new_tokens: int, logits: Union[bool, Sequence[bool]] = True, progress: bool = True,
+) -> list[ThreeWay]:
+    """:func:`convert_and_compare` for a model converted already: ``batches`` through the float
+    ``model`` and through ``snn`` (converted from it), spike-driven and as the fake-quant twin;
+    ``snn`` is left in spike mode."""
+    batches = list(batches)
+    flags = _flags(batches, logits)
+    floats = _float_outputs(model, batches, new_tokens, flags, progress)
+    return _converted_outputs(snn, batches, floats, new_tokens, flags, progress)

@@ -2,9 +2,11 @@
 
 Counting is SpikingJelly's ``op_counter``, run in one ``DispatchCounterMode`` over a forward pass:
 
-* ``SynOpCounter`` counts synaptic operations (one accumulation per spike and fan-out) on the
-  spike-driven matmuls. Its built-in rules take binary spikes; the rules added here take the
-  ternary spikes of TC-LIF the same way (one accumulation per non-zero spike, +1 or -1).
+* ``SynOpCounter``, as SpikingJelly ships it, counts synaptic operations (one accumulation per
+  spike and fan-out) on the spike-driven matmuls. Its rules take binary spikes; under a dispatch
+  mode the sites multiply the two binary planes of the ternary TC-LIF spikes
+  (:func:`~spikemllm_sj.neurons.spike_ops.spike_matmul`), so a ``SynOpCounter()`` of one's own,
+  around any forward of a converted model, counts what this report does.
 * ``FlopCounter`` counts the non-spiking work outside the spike-driven sites: norms, softmax,
   activations, rotary embeddings, residual additions, and the layers that stay in the model's
   precision (output head, embeddings, patch embedding). It lacks rules for a few transformer ops;
@@ -30,25 +32,6 @@ from spikemllm_sj.ann2snn.sites import SpikeSite
 __all__ = ["SiteReport", "OpReport", "op_report"]
 
 aten = torch.ops.aten
-
-
-def _ternary_nnz(x: torch.Tensor) -> int | None:
-    if x.is_floating_point() and bool(((x == 0) | (x.abs() == 1)).all()):
-        return int(torch.count_nonzero(x))
-    return None
-
-
-def _synops_mm(args, kwargs, out):
-    # [M, K] @ [K, N]: a spike of the left operand adds N weights; of the right, M.
-    x, y = args[0], args[1]
-    nnz = _ternary_nnz(x)
-    if nnz is not None:
-        return nnz * y.shape[-1]
-    nnz = _ternary_nnz(y)
-    return 0 if nnz is None else nnz * x.shape[-2]
-
-
-_SYNOP_RULES = {aten.mm.default: _synops_mm, aten.bmm.default: _synops_mm}
 
 
 def _per_element(flops: int):
@@ -190,7 +173,7 @@ def op_report(model: nn.Module, **inputs) -> OpReport:
     sites = {name: m for name, m in model.named_modules() if isinstance(m, SpikeSite)}
     for site in sites.values():
         site.activity.reset()
-    synops = SynOpCounter(extra_rules=_SYNOP_RULES)
+    synops = SynOpCounter()
     flops = FlopCounter(extra_rules=_FLOP_RULES, extra_ignore_modules=[SpikeSite])
     with torch.no_grad(), DispatchCounterMode([synops, flops]) as mode:
         model(**inputs)

@@ -11,8 +11,17 @@ import torch.nn as nn
 
 from spikemllm_sj.ann2snn.modalities import ModalitySource
 from spikemllm_sj.ann2snn.sites import MSTSSite, SpikeSite
-from spikemllm_sj.ann2snn.spike_ops import exact_dtype, spike_matmul
-from spikemllm_sj.neurons import IntLevels, MSTSConfig, TCLIFNode, absmax_scale, level_dtype, quantize, scale_from_absmax
+from spikemllm_sj.neurons import (
+    IntLevels,
+    MSTSConfig,
+    TCLIFNode,
+    absmax_scale,
+    exact_dtype,
+    level_dtype,
+    quantize,
+    scale_from_absmax,
+    spike_matmul,
+)
 from spikemllm_sj.quantization.transforms import Rotation
 
 __all__ = ["QUERY_SITE", "clipped_scale", "SpikeScores", "SpikeContext", "SpikeAttention"]
@@ -75,7 +84,7 @@ class SpikeContext(SpikeSite):
             raise ValueError("prob_levels must be unsigned (probabilities are non-negative)")
         self.kv_levels = kv_levels
         self.kv_clip = kv_clip
-        self.prob = TCLIFNode(prob_levels.levels, signed=False)
+        self.prob = TCLIFNode(prob_levels.levels, signed=False, step_mode="m")
 
     def forward(self, probs: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
         v_scale = clipped_scale(value, self.kv_levels, self.kv_clip)  # [B, H, S, 1]
@@ -87,7 +96,7 @@ class SpikeContext(SpikeSite):
         if self.mode == "fake_quant":
             acc = torch.matmul(quantize(folded, p_scale, code.levels).to(dtype), v_levels.to(dtype))
         else:
-            spikes = self.prob.encode(folded, scale=p_scale)
+            spikes = self.prob.present(folded, scale=p_scale)
             rows = probs[..., 0].numel()
             self.activity.add(self.prob.statistics(spikes), {"probabilities": (rows, rows * code.steps)})
             acc = spike_matmul(spikes.to(dtype), v_levels.to(dtype), code.leak)

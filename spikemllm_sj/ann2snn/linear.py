@@ -81,21 +81,36 @@ class SpikeLinear(MSTSSite):
         """Set, per modality, the input clip ratio of ``ratios`` with the least squared output
         error ``||(q(x') - x') W_q^T||^2`` over sampled inputs ``x`` ``[N, in]`` of that modality
         (``x'`` the transformed input, ``W_q`` the quantized weights), at this layer's levels and
-        scales (per token, or static); return the ratios chosen."""
-        weight = self.qweight.double() * self.weight_scale.double().reshape(-1, 1)
+        scales (per token, or static); return the ratios chosen.
+
+        The errors of all ratios come from one float32 product (or the model's precision if wider;
+        the sums in float64): ``E W_q^T`` for the stacked input errors ``E`` ``[R * N, in]``, or, when it is
+        cheaper (``in < out``), ``sum((E G) * E)`` with the Gram matrix ``G = W_q^T W_q``
+        ``[in, in]``: the same sums. (Ratios whose errors differ by less than the product's
+        rounding are ties in all but name; the search is a heuristic, not part of the exactness.)
+        """
+        wide = torch.promote_types(self.weight_scale.dtype, torch.float32)  # no bf16/fp16 products
+        weight = self.qweight.to(wide) * self.weight_scale.to(wide).reshape(-1, 1)  # [out, in]
+        gram = None
         chosen = {}
         for modality, x in inputs.items():
             x = self.transform(x) if self.transform is not None else x
             x = x.to(self.weight_scale.dtype)
             levels = self.encoder.config.code_of(modality).levels
             ids = torch.full((1, x.shape[0]), int(modality), dtype=torch.long, device=x.device)
-            errors = []
+            rows = []
             for ratio in ratios:
                 self.set_clip({modality: ratio})
                 scale = self.token_scale(x[None], ids)[0]
-                error = ((quantize(x, scale, levels) * scale).double() - x.double()) @ weight.T
-                errors.append(float(error.pow(2).sum()))
-            chosen[modality] = ratios[min(range(len(ratios)), key=errors.__getitem__)]  # ties: the first
+                rows.append((quantize(x, scale, levels) * scale).to(wide) - x.to(wide))
+            errors = torch.stack(rows)  # [R, N, in]
+            samples = errors.shape[0] * errors.shape[1]
+            if self.in_features * (self.out_features + samples) < samples * self.out_features:
+                gram = weight.T @ weight if gram is None else gram
+                totals = ((errors @ gram) * errors).double().sum(dim=(1, 2))
+            else:
+                totals = (errors @ weight.T).double().pow(2).sum(dim=(1, 2))
+            chosen[modality] = ratios[int(torch.argmin(totals))]  # ties: the first
         self.set_clip(chosen)
         return chosen
 

@@ -327,7 +327,9 @@ def set_msts(model: nn.Module, msts: Optional[MSTSConfig] = None, plan: Optional
     """Give converted ``model`` the time steps of ``msts`` and ``plan`` (either may be left out: it
     keeps the model's), as ``convert`` with them would: integer weights, static scales and input
     transforms do not depend on the steps, so a new encoder per site is the same as converting
-    again, bit for bit. The model's ``SpikeConfig`` is updated, so a saved model keeps them."""
+    again, bit for bit, except that clip ratios searched by ``act_clip="search"`` stay those
+    searched at the conversion's steps. The model's ``SpikeConfig`` is updated, so a saved model
+    keeps them."""
     state = spike_state(model)
     config = dataclasses.replace(
         state.config,

@@ -4,10 +4,10 @@ attention matmuls.
 Each site runs in one of two modes (:data:`MODES`) that compute the same numbers:
 
 * ``"spike"``: activations become MSTS spike trains, and the site accumulates integer operands
-  selected by the spikes (:func:`~spikemllm_sj.ann2snn.spike_ops.spike_matmul`);
+  selected by the spikes (:func:`~spikemllm_sj.neurons.spike_ops.spike_matmul`);
 * ``"fake_quant"``: the quantized ANN twin, the same integer levels multiplied directly.
 
-Integer accumulations are exact in both (see :func:`~spikemllm_sj.ann2snn.spike_ops.exact_dtype`),
+Integer accumulations are exact in both (see :func:`~spikemllm_sj.neurons.spike_ops.exact_dtype`),
 and the rescaling that follows is the same code, so the two modes agree bit for bit.
 """
 
@@ -18,10 +18,19 @@ from typing import ClassVar, Literal
 
 import torch
 import torch.nn as nn
+from spikingjelly.activation_based import base
 
 from spikemllm_sj.ann2snn.modalities import ModalitySource
-from spikemllm_sj.ann2snn.spike_ops import exact_dtype, spike_matmul
-from spikemllm_sj.neurons import Modality, MSTSConfig, MSTSEncoder, SpikeStats, level_dtype, scale_from_absmax
+from spikemllm_sj.neurons import (
+    Modality,
+    MSTSConfig,
+    MSTSEncoder,
+    SpikeStats,
+    exact_dtype,
+    level_dtype,
+    scale_from_absmax,
+    spike_matmul,
+)
 
 __all__ = ["Mode", "MODES", "SiteActivity", "SpikeSite", "MSTSSite"]
 
@@ -56,8 +65,12 @@ class SiteActivity:
         self.token_steps.clear()
 
 
-class SpikeSite(nn.Module):
+class SpikeSite(nn.Module, base.MultiStepModule):
     """A spike-driven site: its mode and the activity it records in spike mode.
+
+    A SpikingJelly multi-step module whose step mode is always ``'m'``: one forward call runs every
+    time step of its input tokens' spike trains (``functional.set_step_mode(model, 's')`` is
+    refused, see :meth:`step_mode`).
 
     :cvar kind: what the site computes, as reports name it (``"linear"``, ``"attention.qk"``,
         ``"attention.pv"``).
@@ -69,6 +82,23 @@ class SpikeSite(nn.Module):
         super().__init__()
         self.mode: Mode = "spike"
         self.activity = SiteActivity()
+
+    @property
+    def step_mode(self) -> str:
+        """``'m'``: a site takes the layer's input ``[B, L, D]``, encodes each token over its
+        modality's ``T`` steps, accumulates and decodes within one call."""
+        return "m"
+
+    @step_mode.setter
+    def step_mode(self, value: str) -> None:
+        if value != "m":
+            raise ValueError(
+                f"step_mode of {type(self).__name__} (a spike-driven site of a converted model) can only be 'm', "
+                f"got {value!r}: each site runs all T time steps of its tokens' spike trains inside its own forward "
+                "(encode, accumulate the integer weights the spikes select, decode), because the norms, softmax and "
+                "activations between two sites need the decoded values and each token has its own T (MSTS); "
+                "a converted model has no state between calls to step through one step at a time"
+            )
 
     def set_mode(self, mode: Mode) -> None:
         if mode not in MODES:

@@ -22,9 +22,11 @@ def build_parser() -> argparse.ArgumentParser:
     # The command modules import torch and transformers (seconds): imported here, within main,
     # a Ctrl-C while they load ends the command like one later on. (Not held back until they have
     # loaded: that takes seconds. torch's C++ start-up, interrupted, may abort the interpreter.)
+    import spikemllm_sj
     from spikemllm_sj.commands import convert, demo, evaluate, lava, med, options, report
 
     parser = options.Parser(prog="spikemllm", description="SpikeMLLM for SpikingJelly: spike-driven multimodal LLMs")
+    parser.add_argument("--version", action="version", version=f"spikemllm-sj {spikemllm_sj.__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for command in (convert, evaluate, med, lava, report, demo):
         command.add_parser(sub)

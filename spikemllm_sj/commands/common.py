@@ -1,5 +1,5 @@
-"""What the commands share: the bundled inputs, record batches, the calibration a configuration
-needs, and the one convert -> compare -> op report sequence."""
+"""What the commands share: the bundled inputs of each model, record batches, the calibration a
+configuration needs, and the one convert -> compare -> op report sequence."""
 
 from __future__ import annotations
 
@@ -13,11 +13,16 @@ from spikemllm_sj.ann2snn.calibration import Calibration, calibrate
 from spikemllm_sj.config import SpikeConfig
 from spikemllm_sj.data.records import read_records
 from spikemllm_sj.models.inputs import encode
+from spikemllm_sj.models.loading import EASYVQA_LLAVA
 
 __all__ = [
     "SAMPLE_DATA",
     "EXAMPLE_IMAGE",
     "QUESTIONS",
+    "VQA_PROMPT",
+    "check_prompt",
+    "ModelInputs",
+    "inputs_for",
     "chunks",
     "shown",
     "record_batches",
@@ -31,6 +36,56 @@ ROOT = Path(__file__).resolve().parents[2]
 SAMPLE_DATA = ROOT / "data" / "eval_sample" / "sample.jsonl"
 EXAMPLE_IMAGE = ROOT / "examples" / "assets" / "shapes.png"
 QUESTIONS = ("What colour is the circle?", "Which shape is blue?")
+VQA_PROMPT = "{question}\nAnswer the question using a single word or phrase."  # as VQA tasks ask for short answers
+
+
+def check_prompt(prompt: str) -> str:
+    """``prompt`` if it is a template with one ``{question}`` field and no other.
+
+    :raises ValueError: naming the template and what it must hold.
+    """
+    try:
+        filled = prompt.format(question="\0")
+    except (KeyError, IndexError, ValueError, AttributeError) as error:
+        raise ValueError(f"prompt must be a template with a {{question}} field (and braces doubled elsewhere), "
+                         f"got {prompt!r} ({type(error).__name__}: {error})") from None
+    if filled.count("\0") != 1:
+        raise ValueError(f"prompt must hold {{question}} exactly once, got {prompt!r}")
+    return prompt
+
+
+
+@dataclass(frozen=True)
+class ModelInputs:
+    """The inputs the commands use for a model when the command line names none.
+
+    :param calibration: JSONL of records to calibrate on (scales, clip search, GPTQ, MED).
+    :param evaluation: JSONL of records to score (``eval``'s data; ``convert``'s accuracy
+        section); None: ``convert`` scores nothing unless asked.
+    :param rows: ``(image, question)`` pairs compared, generated and shown by ``convert``.
+    :param prompt: the question's template for scoring, with ``{question}``.
+    """
+
+    calibration: Path
+    evaluation: Optional[Path]
+    rows: tuple[tuple[Path, str], ...]
+    prompt: str
+
+
+def inputs_for(model: str) -> ModelInputs:
+    """The bundled inputs of ``model``: for :data:`~spikemllm_sj.models.loading.EASYVQA_LLAVA`,
+    easy-VQA records (32 train questions to calibrate on, the first 50 test questions with one
+    seeded question per image to score, their first 4 to show, the bare question as trained);
+    for any other model the repository's sample records and example image, and :data:`VQA_PROMPT`.
+    """
+    if model == EASYVQA_LLAVA:
+        from spikemllm_sj.data.easyvqa import records_file
+
+        evaluation = records_file("test", 50)
+        records, _ = read_records(evaluation)
+        return ModelInputs(records_file("train", 32), evaluation,
+                           tuple((Path(r.image_path), r.question) for r in records[:4]), "{question}")
+    return ModelInputs(SAMPLE_DATA, None, tuple((EXAMPLE_IMAGE, q) for q in QUESTIONS), VQA_PROMPT)
 
 
 def chunks(items: Sequence, size: int) -> list:

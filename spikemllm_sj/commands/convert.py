@@ -9,48 +9,59 @@ modality, a raster), ``energy.json`` / ``energy.md``, the saved spiking model
 into ``report.md`` and its PNG plots. All of it goes into a partial folder that replaces
 ``out_dir`` once complete, so a re-run never mixes with the previous run's files.
 
-Inputs: the calibration records come from a JSONL (default: the repository's
-``data/eval_sample/sample.jsonl``), the compared and generated rows are the example image
-(``examples/assets/shapes.png``) with :data:`~spikemllm_sj.commands.common.QUESTIONS`: two
-different sets, so static scales are not fitted to the rows they are judged on.
+Inputs (:class:`~spikemllm_sj.commands.common.ModelInputs`, default the model's bundled ones,
+:func:`~spikemllm_sj.commands.common.inputs_for`): the calibration records, the compared,
+generated and shown rows, and the records scored for accuracy. For ``easyvqa-llava``: 32
+easy-VQA train questions to calibrate on, the first 4 of 50 seeded test questions shown, all 50
+scored; for other models the repository's ``data/eval_sample`` to calibrate on and its example
+image with two questions, nothing scored unless asked. Calibration and scored rows are different
+sets, so scales and clip ratios are not fitted to the rows they are judged on.
+
+The fidelity guard: when the spiking model's logit cosine to the float model on the compared rows
+is below ``min_cosine``, the output and the report say so, and the command exits with
+:data:`~spikemllm_sj.commands.options.EXIT_LOW_FIDELITY`; the MED step refuses a schedule whose
+measured cosine is below it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 
 from spikemllm_sj.analysis.accelerator import compare, load_params, workload_from_report
 from spikemllm_sj.analysis.activity import record_activity
-from spikemllm_sj.analysis.fidelity import VARIANTS
-from spikemllm_sj.analysis.op_report import OpReport
+from spikemllm_sj.analysis.fidelity import VARIANTS, compare_converted, convert_and_compare
+from spikemllm_sj.analysis.op_report import OpReport, op_report
 from spikemllm_sj.ann2snn.adapters import adapter_for
 from spikemllm_sj.commands import options
 from spikemllm_sj.commands.common import (
     EXAMPLE_IMAGE,
     QUESTIONS,
-    SAMPLE_DATA,
+    ModelInputs,
     calibration_for,
-    convert_compare_report,
+    check_prompt,
+    inputs_for,
     record_batches,
     require_calibration_data,
     shown,
 )
+from spikemllm_sj.commands.evaluate import eval_inputs, score_runs
 from spikemllm_sj.commands.report import format_summary, render_report
 from spikemllm_sj.commands.run_folder import check_run_folder, run_folder
-from spikemllm_sj.config import SpikeConfig
+from spikemllm_sj.config import RECOMMENDED, SpikeConfig
 from spikemllm_sj.integrations.serialization import save_spiking
 from spikemllm_sj.med.analysis import MEDConfig, scheduled_config
 from spikemllm_sj.med.schedule import check_budget
 from spikemllm_sj.models.inputs import decode, encode, model_label, read_image
-from spikemllm_sj.models.loading import ModelLoadError, load_model
-from spikemllm_sj.models.tiny import TINY_MODELS
+from spikemllm_sj.models.loading import BUILTIN_MODELS, EASYVQA_LLAVA, ModelLoadError, load_model
 
 __all__ = ["run_convert", "add_parser", "run"]
 
@@ -77,18 +88,16 @@ def _energy(report: OpReport, config: SpikeConfig) -> dict:
     return {"comparison": comparison.as_dict(), "table": comparison.format_table()}
 
 
-_UNSET = object()  # --med-budget not given
+_UNSET = object()  # --med-budget or --eval-data not given
 DEFAULT_MED_BUDGET = 3.3  # average steps per language-model token for the MED schedule
-
-# Tv/Tt = 3/4 steps, W8, static per-tensor scales calibrated on the calibration records.
-DEFAULT_CONFIG = SpikeConfig(act_scales="static")
+MED_BATCHES = 2  # calibration batches MED measures on (each setting it probes runs all of them)
 
 
-def _lava_layer(net, layer: Optional[str], config: SpikeConfig, is_tiny: bool) -> Optional[str]:
+def _lava_layer(net, layer: Optional[str], config: SpikeConfig, is_builtin: bool) -> Optional[str]:
     """The module path to run on Lava (``"auto"`` resolved), checked on the float model against
     what ``convert`` will make spike-driven, before any work on it; None: no Lava run."""
     if layer == "auto":
-        layer = f"{adapter_for(net).language_model}.layers.0.mlp" if is_tiny else None
+        layer = f"{adapter_for(net).language_model}.layers.0.mlp" if is_builtin else None
     if layer is not None:
         # Lava loads only when a layer runs on it (it forks worker processes and takes seconds to import).
         from spikemllm_sj.lava_backend import check_lava_layer
@@ -100,20 +109,22 @@ def _lava_layer(net, layer: Optional[str], config: SpikeConfig, is_tiny: bool) -
 def _lava(model, layer: Optional[str], asked: Optional[str], batch: dict) -> dict:
     if layer is None:
         reason = "no Lava layer asked for" if asked is None else \
-            "real checkpoints run no Lava layer unless one is named (--lava-layer PATH)"
+            "checkpoints other than the built-in models run no Lava layer unless one is named (--lava-layer PATH)"
         return {"skipped": reason}
     from spikemllm_sj.lava_backend import check_layer
 
     return check_layer(model, layer, batch).as_dict()
 
 
-def _fidelity(run) -> dict:
+def _fidelity(run, min_cosine: Optional[float]) -> dict:
     same = run.spike.tokens == run.float.tokens if run.spike.tokens.shape == run.float.tokens.shape else None
+    cosine = run.logit_cosine()
     return {
         "spike_equals_twin": run.spike_equals_twin(),
-        "logit_cosine": run.logit_cosine(),
+        "logit_cosine": cosine,
         "top1_agreement": run.top1_agreement(),
         "new_tokens_equal_to_float": None if same is None else float(same.float().mean()),
+        "guard": {"min_cosine": min_cosine, "passed": min_cosine is None or cosine >= min_cosine},
     }
 
 
@@ -132,33 +143,40 @@ def _ops(report: OpReport) -> dict:
 
 
 def _check_arguments(
-    out_dir, config: Optional[SpikeConfig], calibration_data, image, questions: list[str], new_tokens: int,
-    med_budget: Optional[float], batch_size: int,
+    out_dir, config: SpikeConfig, inputs: ModelInputs, new_tokens: int, med_budget: Optional[float], batch_size: int,
+    min_cosine: Optional[float],
 ) -> None:
     """Everything :func:`run_convert` can check before loading the model.
 
     :raises ValueError: naming the argument, its value and what it accepts.
     """
     check_run_folder(out_dir, "run.json", "out_dir")
-    if config is not None and not isinstance(config, SpikeConfig):
+    if not isinstance(config, SpikeConfig):
         raise TypeError(f"config must be a SpikeConfig, got {type(config).__name__}")
+    if not isinstance(inputs, ModelInputs):
+        raise TypeError(f"inputs must be a ModelInputs, got {type(inputs).__name__}")
     for name, value in (("new_tokens", new_tokens), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
-    if not questions or not all(isinstance(q, str) and q.strip() for q in questions):
-        raise ValueError(f"questions must be one or more non-empty strings, got {questions!r}")
+    if min_cosine is not None and (isinstance(min_cosine, bool) or not isinstance(min_cosine, (int, float))
+                                   or not -1 <= min_cosine <= 1):
+        raise ValueError(f"min_cosine must be None or a cosine in [-1, 1], got {min_cosine!r}")
+    if not inputs.rows or not all(isinstance(q, str) and q.strip() for _, q in inputs.rows):
+        raise ValueError(f"inputs.rows must be one or more (image, non-empty question) pairs, got {inputs.rows!r}")
+    check_prompt(inputs.prompt)
     if med_budget is not None:
         check_budget(med_budget, MEDConfig().candidates)
-        if calibration_data is None:
+        if inputs.calibration is None:
             raise ValueError("the MED schedule needs calibration records: give a JSONL of them, or no MED budget")
-    require_calibration_data(config or DEFAULT_CONFIG, calibration_data)
-    needed = {"image": image, **({"calibration_data": calibration_data} if calibration_data is not None else {})}
-    for name, path in needed.items():
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"{name} {path} is not a file")
+    require_calibration_data(config, inputs.calibration)
+    files = {f"image {image}": image for image, _ in inputs.rows}
+    files.update({"calibration data": inputs.calibration, "evaluation data": inputs.evaluation})
+    for name, path in files.items():
+        if path is not None and not Path(path).is_file():
+            raise FileNotFoundError(f"{name.split(' ')[0] if name.startswith('image') else name} {path} is not a file")
 
 
-def _write(out: Path, summary: dict, report: OpReport, activity: dict, energy: dict) -> None:
+def _write(out: Path, summary: dict, report: OpReport, activity: dict, energy: dict, evaluation) -> None:
     (out / "run.json").write_text(json.dumps(summary, indent=2))
     (out / "op_report.json").write_text(report.to_json())
     (out / "op_report.txt").write_text(report.format_table() + "\n")
@@ -166,35 +184,42 @@ def _write(out: Path, summary: dict, report: OpReport, activity: dict, energy: d
     (out / "energy.json").write_text(json.dumps({k: v for k, v in energy.items() if k != "table"}, indent=2))
     if "table" in energy:
         (out / "energy.md").write_text(energy["table"] + "\n")
+    if evaluation is not None:
+        (out / "eval.json").write_text(json.dumps(evaluation.as_dict(), indent=2))
     render_report(out)
 
 
 def run_convert(
-    model: str = "tiny-qwen2-vl",
+    model: str = EASYVQA_LLAVA,
     out_dir: str | Path = "out/run",
     config: Optional[SpikeConfig] = None,
-    calibration_data: str | Path | None = SAMPLE_DATA,
-    image: str | Path = EXAMPLE_IMAGE,
-    questions: Sequence[str] = QUESTIONS,
+    inputs: Optional[ModelInputs] = None,
     new_tokens: int = 6,
     lava_layer: Optional[str] = "auto",
     med_budget: Optional[float] = DEFAULT_MED_BUDGET,
+    min_cosine: Optional[float] = options.DEFAULT_MIN_COSINE,
     save_model: bool = True,
-    batch_size: int = 4,
+    batch_size: int = 8,
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
     progress: bool = True,
 ) -> dict:
-    """Run the whole job on ``model`` (a tiny name, a folder or a hub id) and write ``out_dir``.
+    """Run the whole job on ``model`` (a built-in name, a folder or a hub id) and write ``out_dir``.
 
-    :param config: default ``SpikeConfig(act_scales="static")``: Tv/Tt = 3/4 steps, W8, static
-        per-tensor scales calibrated on ``calibration_data``.
+    :param config: default :data:`~spikemllm_sj.config.RECOMMENDED` (the best configuration
+        measured on real weights).
+    :param inputs: calibration records, rows and scored records; default the model's
+        (:func:`~spikemllm_sj.commands.common.inputs_for`).
     :param lava_layer: a module path for :func:`~spikemllm_sj.lava_backend.check_layer`;
-        ``"auto"``: the first decoder layer's MLP on tiny models, none on real checkpoints;
+        ``"auto"``: the first decoder layer's MLP on built-in models, none on other checkpoints;
         None: no Lava run.
     :param med_budget: average steps per language-model token for the MED scheduler
-        (:func:`~spikemllm_sj.med.analysis.scheduled_config`, measured on a copy of the model:
-        twice its memory); its choice replaces ``config``'s steps. None: ``config``'s steps as given.
+        (:func:`~spikemllm_sj.med.analysis.scheduled_config`, measured on the first
+        :data:`MED_BATCHES` calibration batches with a converted copy of the model: twice its
+        memory); its choice replaces ``config``'s steps, and the copy it measured,
+        with those steps, is the spiking model (searched clip ratios stay those of ``config``'s
+        steps). None: ``config``'s steps as given.
+    :param min_cosine: the fidelity guard (``summary["fidelity"]["guard"]``); None: no guard.
     :param dtype: the weights' dtype.
     :param save_model: save the spiking model in ``out_dir/spiking_model``.
     :return: the contents of ``run.json``.
@@ -204,46 +229,61 @@ def run_convert(
     (:mod:`~spikemllm_sj.commands.run_folder`): ``out_dir`` holds one run or none, and a failed or
     interrupted run leaves the previous one intact.
     """
-    questions = list(questions)
-    _check_arguments(out_dir, config, calibration_data, image, questions, new_tokens, med_budget, batch_size)
-    config = config or DEFAULT_CONFIG
+    config = RECOMMENDED if config is None else config
+    inputs = inputs_for(model) if inputs is None else inputs
+    _check_arguments(out_dir, config, inputs, new_tokens, med_budget, batch_size, min_cosine)
     with run_folder(out_dir, "run.json", "out_dir") as partial:
-        summary = _run(model, Path(out_dir), partial, config, calibration_data, image, questions, new_tokens,
-                       lava_layer, med_budget, save_model, batch_size, seed, dtype, progress)
+        summary = _run(model, Path(out_dir), partial, config, inputs, new_tokens, lava_layer, med_budget, min_cosine,
+                       save_model, batch_size, seed, dtype, progress)
     return summary
 
 
 def _run(
-    model: str, out: Path, partial: Path, config: SpikeConfig, calibration_data, image, questions: list[str],
-    new_tokens: int, lava_layer: Optional[str], med_budget: Optional[float], save_model: bool, batch_size: int,
-    seed: int, dtype: torch.dtype, progress: bool,
+    model: str, out: Path, partial: Path, config: SpikeConfig, inputs: ModelInputs, new_tokens: int,
+    lava_layer: Optional[str], med_budget: Optional[float], min_cosine: Optional[float], save_model: bool,
+    batch_size: int, seed: int, dtype: torch.dtype, progress: bool,
 ) -> dict:
     """The stages of :func:`run_convert`, written into ``partial`` (to become ``out``)."""
     stage = _Stages()
     with stage("load"):
         net, processor = load_model(model, seed=seed, dtype=dtype)
-        layer = _lava_layer(net, lava_layer, config, model in TINY_MODELS)
-        batch = encode(net, processor, [read_image(image)] * len(questions), questions)
+        layer = _lava_layer(net, lava_layer, config, model in BUILTIN_MODELS)
+        rows = encode(net, processor, [read_image(image) for image, _ in inputs.rows], [q for _, q in inputs.rows])
+        scored = None if inputs.evaluation is None else eval_inputs(net, processor, inputs.evaluation, inputs.prompt, batch_size)
     with stage("calibrate"):
-        calibration, calibrated_on = calibration_for(net, processor, config, calibration_data, batch_size, progress)
+        calibration, calibrated_on = calibration_for(net, processor, config, inputs.calibration, batch_size, progress)
     med = None
+    compared = [rows, *(scored.batches if scored else ())]
+    logits = [True] + [False] * (len(compared) - 1)  # the scored batches' answers only
     if med_budget is not None:
-        with stage("MED schedule"):
-            batches, _ = record_batches(net, processor, calibration_data, batch_size)
-            config, med = scheduled_config(net, batches, config, calibration, med_budget, progress)
-    with stage("convert + compare + generate + op report"):
-        done = convert_compare_report(net, batch, config, calibration, new_tokens, progress)
+        # MED measures a converted copy; with the chosen steps it is the spiking model (one conversion).
+        with stage("convert + MED schedule"):
+            batches, _ = record_batches(net, processor, inputs.calibration, batch_size)
+            config, med, snn = scheduled_config(net, batches[:MED_BATCHES], config, calibration, med_budget, min_cosine,
+                                                progress)
+        with stage("compare + generate"):
+            runs = compare_converted(net, snn, compared, new_tokens, logits, progress)
+            del net  # the float model's outputs are taken
+            net = snn
+    else:
+        with stage("convert + compare + generate"):
+            runs = convert_and_compare(net, compared, new_tokens, config, calibration, logits, progress)
+    evaluation = None if scored is None else score_runs(model, scored, runs[1:], processor, model_label(net), config,
+                                                         calibrated_on)
+    with stage("op report"):
+        report = op_report(net, **rows)
     with stage("activity"):
-        activity = record_activity(net, batch)
+        activity = record_activity(net, rows)
     with stage("energy"):
-        energy = _energy(done.report, config)
+        energy = _energy(report, config)
     with stage("lava"):
-        lava = _lava(net, layer, lava_layer, batch)
+        lava = _lava(net, layer, lava_layer, rows)
     saved = None
     if save_model:
         with stage("save"):
             save_spiking(net, partial / "spiking_model", processor)
             saved = str(out / "spiking_model")
+    shown_images = _copy_images(inputs.rows, partial)
     summary = {
         "model": model,
         "model_class": type(net).__name__,
@@ -252,16 +292,38 @@ def _run(
         "config": config.to_dict(),
         "calibration": calibrated_on,
         "med": med,
-        "inputs": {"image": shown(image), "questions": questions, "tokens": int(batch["attention_mask"].sum())},
-        "fidelity": _fidelity(done.run),
-        "generation": _generation(done.run, questions, processor),
-        "ops": _ops(done.report),
+        "inputs": {"rows": [{"image": shown(image), "shown_as": name, "question": q}
+                            for (image, q), name in zip(inputs.rows, shown_images)],
+                   "tokens": int(rows["attention_mask"].sum())},
+        "fidelity": _fidelity(runs[0], min_cosine),
+        "generation": _generation(runs[0], [q for _, q in inputs.rows], processor),
+        "evaluation": None if evaluation is None else _accuracy(evaluation),
+        "ops": _ops(report),
         "lava": lava,
         "saved_model": saved,
         "timings_s": {**stage.seconds, "total": sum(stage.seconds.values())},
     }
-    _write(partial, summary, done.report, activity, energy)
+    _write(partial, summary, report, activity, energy, evaluation)
     return summary
+
+
+def _copy_images(rows, folder: Path) -> list[str]:
+    """The rows' images copied into ``folder/inputs/`` as PNG (the report shows them); their names."""
+    (folder / "inputs").mkdir()
+    names, done = [], {}
+    for image, _ in rows:
+        key = str(Path(image).resolve())
+        if key not in done:
+            done[key] = f"inputs/{len(done)}.png"
+            read_image(image).save(folder / done[key])
+        names.append(done[key])
+    return names
+
+
+def _accuracy(evaluation) -> dict:
+    return {"data": evaluation.data, "records": len(evaluation.records), "prompt": evaluation.prompt,
+            "accuracy": {variant: evaluation.accuracy(variant) for variant in VARIANTS},
+            "gap_points": evaluation.gap_points, "spike_equals_twin": evaluation.spike_equals_twin}
 
 
 def _med_budget(text: str) -> Optional[float]:
@@ -284,13 +346,29 @@ def _question(text: str) -> str:
     return text
 
 
+def _cosine(text: str) -> Optional[float]:
+    if text == "none":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not -1 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a cosine in [-1, 1] or none, got {text!r}")
+    return value
+
+
+def _optional_file(text: str) -> Optional[Path]:
+    return None if text == "none" else options.existing_file(text)
+
+
 def add_parser(sub) -> argparse.ArgumentParser:
     parser = sub.add_parser(
         "convert",
-        help="the whole job: calibrate, convert, compare with the float model and the fake-quant twin, generate, "
-        "op and energy report, one layer on Lava, plots and report.md",
+        help="the whole job: calibrate, schedule the steps with MED, convert, compare with the float model and the "
+        "fake-quant twin, generate, score, op and energy report, one layer on Lava, plots and report.md",
         epilog=options.epilog("the spiking model's logits or tokens differ from its fake-quant twin's, or the Lava layer "
-                              "from PyTorch"),
+                              "from PyTorch", low_fidelity=True),
     )
     options.add_model(parser)
     parser.add_argument(
@@ -298,17 +376,27 @@ def add_parser(sub) -> argparse.ArgumentParser:
         help="run folder: report.md, plots, JSON, the spiking model; a new folder, an empty one or a previous run's, "
         "which the new run replaces once complete (default: out/run)",
     )
-    options.add_config(parser, act_scales="static")
-    parser.add_argument("--calibration-data", default=str(SAMPLE_DATA), type=options.existing_file,
-                        help="JSONL of {image, question, answer} records to calibrate on")
-    parser.add_argument("--image", default=str(EXAMPLE_IMAGE), type=options.existing_file, help="image of the compared and generated rows")
-    parser.add_argument("--question", action="append", type=_question,
-                        help=f"a question about the image (repeatable; default: {' / '.join(QUESTIONS)})")
+    options.add_config(parser)
+    inputs = parser.add_argument_group("inputs (default: the model's bundled ones)")
+    inputs.add_argument("--calibration-data", default=None, type=options.existing_file,
+                        help="JSONL of {image, question, answer} records to calibrate on (default: 32 easy-VQA train "
+                             "questions for easyvqa-llava, data/eval_sample otherwise)")
+    inputs.add_argument("--image", default=None, type=options.existing_file,
+                        help=f"image of the compared and generated rows (default: the model's rows: 4 easy-VQA test "
+                             f"questions with their images for easyvqa-llava, {shown(EXAMPLE_IMAGE)} otherwise)")
+    inputs.add_argument("--question", action="append", type=_question,
+                        help=f"a question about --image (repeatable; default with --image: {' / '.join(QUESTIONS)})")
+    inputs.add_argument("--eval-data", default=_UNSET, type=_optional_file, metavar="FILE|none",
+                        help="JSONL of records scored for accuracy, FP32 vs fake-quant vs spiking (default: 50 easy-VQA "
+                             "test questions for easyvqa-llava, none otherwise)")
+    inputs.add_argument("--prompt", default=None, type=options.prompt_template,
+                        help="template of the scored questions, with {question} (default: the model's, as spikemllm eval)")
     parser.add_argument("--new-tokens", type=options.positive_int, default=6, help="greedy tokens generated per row (default 6)")
+    parser.add_argument("--batch-size", type=options.positive_int, default=8, help="records per batch (default 8)")
     parser.add_argument(
         "--lava-layer", default="auto",
         help="module path run on Lava, checked against the model right after loading; auto: the first decoder layer's "
-        "MLP on tiny models, none on real ones; none: skip",
+        "MLP on built-in models, none on other checkpoints; none: skip",
     )
     parser.add_argument(
         "--med-budget", default=_UNSET, type=_med_budget,
@@ -316,11 +404,33 @@ def add_parser(sub) -> argparse.ArgumentParser:
         f"(measured on a copy of the model), at least the smallest step count it probes (2); none: the steps as given; "
         f"not allowed with --steps-text/--steps-image (default {DEFAULT_MED_BUDGET}, or none when steps are given)",
     )
+    parser.add_argument(
+        "--min-cosine", default=options.DEFAULT_MIN_COSINE, type=_cosine, metavar="COSINE|none",
+        help=f"fidelity guard: a spiking model whose logit cosine to the float model on the compared rows is below it "
+        f"is reported as failed (exit status {options.EXIT_LOW_FIDELITY}), and MED refuses schedules below it "
+        f"(default {options.DEFAULT_MIN_COSINE}; none: no guard)",
+    )
     parser.add_argument("--no-save", action="store_true", help="do not save the spiking model")
     options.add_seed(parser)
     parser.add_argument("--json", action="store_true", help="print run.json instead of the summary")
     parser.set_defaults(func=run)
     return parser
+
+
+def inputs_of(args: argparse.Namespace) -> ModelInputs:
+    """The model's bundled inputs with the ones the command line names."""
+    inputs = inputs_for(args.model)
+    changes = {}
+    if args.image is not None or args.question:
+        image = args.image or EXAMPLE_IMAGE
+        changes["rows"] = tuple((image, q) for q in (args.question or QUESTIONS))
+    if args.calibration_data is not None:
+        changes["calibration"] = args.calibration_data
+    if args.eval_data is not _UNSET:
+        changes["evaluation"] = args.eval_data
+    if args.prompt is not None:
+        changes["prompt"] = args.prompt
+    return replace(inputs, **changes)
 
 
 def med_budget_of(args: argparse.Namespace) -> Optional[float]:
@@ -339,10 +449,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         budget = med_budget_of(args)
         result = run_convert(
-            args.model, args.out, options.spike_config(args), calibration_data=args.calibration_data, image=args.image,
-            questions=args.question or QUESTIONS, new_tokens=args.new_tokens,
-            lava_layer=None if args.lava_layer == "none" else args.lava_layer, save_model=not args.no_save, seed=args.seed,
-            dtype=getattr(torch, args.dtype), med_budget=budget,
+            args.model, args.out, options.spike_config(args), inputs_of(args), new_tokens=args.new_tokens,
+            lava_layer=None if args.lava_layer == "none" else args.lava_layer, med_budget=budget,
+            min_cosine=args.min_cosine, save_model=not args.no_save, batch_size=args.batch_size, seed=args.seed,
+            dtype=getattr(torch, args.dtype),
         )
     except (ValueError, TypeError, ModelLoadError, FileNotFoundError) as error:
         return options.fail("convert", error)
@@ -352,5 +462,16 @@ def run(args: argparse.Namespace) -> int:
         print(format_summary(result))
         print(f"\nreport: {Path(args.out) / 'report.md'} (plots and JSON beside it); "
               f"command wall time {time.perf_counter() - start:.1f} s")
-    lava_ok = result["lava"].get("exact", True)
-    return options.EXIT_OK if result["fidelity"]["spike_equals_twin"] and lava_ok else options.EXIT_INEXACT
+    if not result["fidelity"]["spike_equals_twin"] or not result["lava"].get("exact", True):
+        return options.EXIT_INEXACT
+    if not result["fidelity"]["guard"]["passed"]:
+        print(low_fidelity_message(result["fidelity"]), file=sys.stderr)
+        return options.EXIT_LOW_FIDELITY
+    return options.EXIT_OK
+
+
+def low_fidelity_message(fidelity: dict) -> str:
+    """The fidelity guard's failure, in one line for the terminal and the report."""
+    return (f"FIDELITY GUARD FAILED: the spiking model's logit cosine to the float model is {fidelity['logit_cosine']:.4f}, "
+            f"below --min-cosine {fidelity['guard']['min_cosine']:g}: its outputs are not those of the model; try a "
+            "rotation and clipping (the defaults), more steps, or more weight bits (docs/fidelity.md)")

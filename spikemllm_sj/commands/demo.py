@@ -22,7 +22,7 @@ from spikemllm_sj.analysis.op_report import OpReport
 from spikemllm_sj.commands import options
 from spikemllm_sj.commands.common import convert_compare_report
 from spikemllm_sj.commands.run_folder import run_folder
-from spikemllm_sj.models.tiny import build_tiny_model, tiny_batch
+from spikemllm_sj.models.tiny import TINY_MODELS, build_tiny_model, tiny_batch
 from spikemllm_sj.neurons import IntLevels, Modality, MSTSConfig, MSTSEncoder, binary_planes, integrate, quantize
 
 __all__ = ["DemoRow", "ConversionSummary", "run_demo", "run_conversion", "format_table", "add_parser", "run"]
@@ -170,7 +170,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "replaces once complete (default: out/neurons; `make demo` writes out/demo)",
     )
     options.add_seed(parser)
-    options.add_model(parser, tiny_only=True)
+    options.add_model(parser, default="tiny-qwen2-vl", choices=TINY_MODELS)
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
     parser.set_defaults(func=run)
     return parser

@@ -4,8 +4,11 @@ model's gap to the float one.
 
 Lines that cannot be read are reported by line number and left out; the other records are
 evaluated and the left-out ones counted. Scoring is normalised exact match
-(:func:`~spikemllm_sj.data.records.is_correct`). The question gets the suffix
-:data:`ANSWER_SUFFIX` (as VQA tasks prompt for a short answer); generation is greedy.
+(:func:`~spikemllm_sj.data.records.is_correct`). Each question is put into a prompt template
+(``--prompt``; default the model's, :func:`~spikemllm_sj.commands.common.inputs_for`: the bare
+question for the trained easy-VQA LLaVA, :data:`~spikemllm_sj.commands.common.VQA_PROMPT`
+otherwise); generation is greedy. The calibration a configuration needs is made on other records
+(``--calibration-data``, default the model's calibration records), and the result says which.
 """
 
 from __future__ import annotations
@@ -19,18 +22,25 @@ from typing import Optional
 
 import torch
 
-from spikemllm_sj.analysis.fidelity import VARIANTS, convert_and_compare
+from spikemllm_sj.analysis.fidelity import VARIANTS, ThreeWay, convert_and_compare
 from spikemllm_sj.commands import options
-from spikemllm_sj.commands.common import SAMPLE_DATA, calibration_for, chunks, require_calibration_data, shown
+from spikemllm_sj.commands.common import (
+    SAMPLE_DATA,
+    calibration_for,
+    check_prompt,
+    chunks,
+    inputs_for,
+    require_calibration_data,
+    shown,
+)
 from spikemllm_sj.commands.run_folder import write_file
-from spikemllm_sj.config import SpikeConfig
-from spikemllm_sj.data.records import Problem, is_correct, read_records
+from spikemllm_sj.config import RECOMMENDED, SpikeConfig
+from spikemllm_sj.data.records import Problem, Record, is_correct, read_records
 from spikemllm_sj.models.inputs import decode, encode, model_label
 from spikemllm_sj.models.loading import ModelLoadError, load_model
 
-__all__ = ["ANSWER_SUFFIX", "RecordResult", "EvalResult", "evaluate", "add_parser", "run"]
-
-ANSWER_SUFFIX = "\nAnswer the question using a single word or phrase."
+__all__ = ["RecordResult", "EvalResult", "EvalInputs", "readable_records", "eval_inputs", "score_runs", "evaluate",
+           "add_parser", "run"]
 
 
 @dataclass(frozen=True)
@@ -56,6 +66,8 @@ class EvalResult:
     config: dict
     records: tuple[RecordResult, ...]
     problems: tuple[Problem, ...]
+    prompt: str = "{question}"
+    calibration: Optional[dict] = None  # the records calibrated on (path, count), None: no calibration
 
     def accuracy(self, variant: str) -> float:
         """Share of records answered correctly, in [0, 1]."""
@@ -83,6 +95,8 @@ class EvalResult:
             "data": self.data,
             "label": self.label,
             "config": self.config,
+            "prompt": self.prompt,
+            "calibration": self.calibration,
             "records_evaluated": len(self.records),
             "lines_left_out": len(self.problems),
             "accuracy": {variant: self.accuracy(variant) for variant in VARIANTS},
@@ -95,8 +109,10 @@ class EvalResult:
 
     def format_table(self) -> str:
         names = {"float": f"{self.label} ANN", "fake_quant": "fake-quant ANN", "spike": "spiking (SNN)"}
+        cal = self.calibration
         lines = [
             f"{self.model} on {self.data}: {len(self.records)} records evaluated, {len(self.problems)} lines left out",
+            f"prompt {self.prompt!r}; " + (f"calibrated on {cal['records']} records of {cal['path']}" if cal else "no calibration"),
             "",
             "| model | correct | accuracy |",
             "|---|---:|---:|",
@@ -113,40 +129,51 @@ class EvalResult:
         return "\n".join(lines)
 
 
-def evaluate(
-    model_name: str,
-    data: str | Path,
-    config: Optional[SpikeConfig] = None,
-    calibration_data: str | Path | None = None,
-    batch_size: int = 4,
-    max_new_tokens: int = 8,
-    seed: int = 0,
-    dtype: torch.dtype = torch.float32,
-    progress: bool = True,
-) -> EvalResult:
-    """Answer every readable record of ``data`` with ``model_name`` as float model, then convert
-    it with ``config`` and answer again as spiking model and as fake-quant twin.
+@dataclass(frozen=True)
+class EvalInputs:
+    """The records of a JSONL, encoded in batches for one model with a prompt template."""
 
-    :param calibration_data: a JSONL of other records to calibrate on, for configs that need a
-        calibration (static scales, SmoothQuant, GPTQ).
-    :param dtype: the weights' dtype.
-    :raises ValueError: no readable record, or a calibration is needed and not given.
+    data: Path
+    records: tuple[Record, ...]
+    problems: tuple[Problem, ...]
+    batches: tuple[dict, ...]
+    prompt: str
+    batch_size: int
+
+
+def readable_records(data: str | Path) -> tuple[tuple[Record, ...], tuple[Problem, ...]]:
+    """The readable records of the JSONL ``data`` and the problems of its other lines.
+
+    :raises ValueError: no readable record.
     """
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    config = config or SpikeConfig()
-    require_calibration_data(config, calibration_data)
     records, problems = read_records(data)
     if not records:
         raise ValueError(f"{data} has no readable record ({len(problems)} lines left out, e.g. line "
                          f"{problems[0].line}: {problems[0].reason})" if problems else f"{data} has no record")
-    model, processor = load_model(model_name, seed=seed, dtype=dtype)
-    calibration, _ = calibration_for(model, processor, config, calibration_data, batch_size, progress)
-    batches = [encode(model, processor, [r.image for r in c], [r.question + ANSWER_SUFFIX for r in c]) for c in chunks(records, batch_size)]
-    label = model_label(model)
-    runs = convert_and_compare(model, batches, max_new_tokens, config, calibration, logits=False, progress=progress)
+    return tuple(records), tuple(problems)
+
+
+def eval_inputs(model, processor, data: str | Path, prompt: str, batch_size: int, records=None) -> EvalInputs:
+    """Encode the readable records of the JSONL ``data`` (:func:`readable_records`, or the
+    ``(records, problems)`` given) for ``model`` in batches of ``batch_size``, each question put
+    into ``prompt``.
+
+    :raises ValueError: no readable record, or a bad prompt template.
+    """
+    check_prompt(prompt)
+    records, problems = readable_records(data) if records is None else records
+    batches = tuple(encode(model, processor, [r.image for r in c], [prompt.format(question=r.question) for r in c])
+                    for c in chunks(records, batch_size))
+    return EvalInputs(Path(data), records, problems, batches, prompt, batch_size)
+
+
+def score_runs(
+    model_name: str, inputs: EvalInputs, runs: list[ThreeWay], processor, label: str, config: SpikeConfig,
+    calibrated_on: Optional[dict],
+) -> EvalResult:
+    """The :class:`EvalResult` of ``runs``, the three variants' outputs on ``inputs.batches``."""
     results = []
-    for chunk, run in zip(chunks(records, batch_size), runs):
+    for chunk, run in zip(chunks(inputs.records, inputs.batch_size), runs):
         texts = {variant: decode(processor, run.of(variant).tokens) for variant in VARIANTS}
         for i, record in enumerate(chunk):
             predictions = {variant: texts[variant][i] for variant in VARIANTS}
@@ -161,7 +188,49 @@ def evaluate(
                     correct={variant: is_correct(predictions[variant], record.answers) for variant in VARIANTS},
                 )
             )
-    return EvalResult(model_name, shown(data), label, config.to_dict(), tuple(results), tuple(problems))
+    return EvalResult(model_name, shown(inputs.data), label, config.to_dict(), tuple(results), inputs.problems,
+                      inputs.prompt, calibrated_on)
+
+
+def evaluate(
+    model_name: str,
+    data: str | Path,
+    config: Optional[SpikeConfig] = None,
+    calibration_data: str | Path | None = None,
+    batch_size: int = 4,
+    max_new_tokens: int = 8,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    progress: bool = True,
+    prompt: Optional[str] = None,
+) -> EvalResult:
+    """Answer every readable record of ``data`` with ``model_name`` as float model, then convert
+    it with ``config`` and answer again as spiking model and as fake-quant twin.
+
+    :param config: default :data:`~spikemllm_sj.config.RECOMMENDED`.
+    :param calibration_data: a JSONL of other records to calibrate on, for configs that need a
+        calibration (static scales, the clip search, SmoothQuant, GPTQ); default: the model's
+        calibration records (:func:`~spikemllm_sj.commands.common.inputs_for`).
+    :param prompt: the question's template (``{question}``); default: the model's.
+    :param dtype: the weights' dtype.
+    :raises ValueError: no readable record, or a bad prompt template.
+    """
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    config = config or RECOMMENDED
+    if (calibration_data is None and config.needs_calibration) or prompt is None:
+        defaults = inputs_for(model_name)
+        calibration_data = defaults.calibration if calibration_data is None and config.needs_calibration else calibration_data
+        prompt = defaults.prompt if prompt is None else prompt
+    check_prompt(prompt)
+    require_calibration_data(config, calibration_data)
+    records = readable_records(data)  # before the model loads: a file without records is a usage error
+    model, processor = load_model(model_name, seed=seed, dtype=dtype)
+    inputs = eval_inputs(model, processor, data, prompt, batch_size, records)
+    calibration, calibrated_on = calibration_for(model, processor, config, calibration_data, batch_size, progress)
+    label = model_label(model)
+    runs = convert_and_compare(model, inputs.batches, max_new_tokens, config, calibration, logits=False, progress=progress)
+    return score_runs(model_name, inputs, runs, processor, label, config, calibrated_on)
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -170,11 +239,16 @@ def add_parser(sub) -> argparse.ArgumentParser:
         epilog=options.epilog("the spiking model's answers differ from its fake-quant twin's, token for token"),
     )
     options.add_model(parser)
-    parser.add_argument("--data", default=str(SAMPLE_DATA), type=options.existing_file,
-                        help="JSONL of records (default: the repository's sample)")
-    options.add_config(parser, act_scales="dynamic")
+    parser.add_argument("--data", default=None, type=options.existing_file,
+                        help="JSONL of {image, question, answer} records (default: the model's: 50 easy-VQA test questions "
+                             "for easyvqa-llava, the repository's data/eval_sample otherwise)")
+    options.add_config(parser)
     parser.add_argument("--calibration-data", default=None, type=options.existing_file,
-                        help="JSONL of other records to calibrate on (needed by --act-scales static)")
+                        help="JSONL of other records to calibrate on (default: the model's: 32 easy-VQA train questions "
+                             "for easyvqa-llava, data/eval_sample otherwise); the output says which")
+    parser.add_argument("--prompt", default=None, type=options.prompt_template,
+                        help="template of each question, with {question} (default: the model's: '{question}' for "
+                             "easyvqa-llava, '{question}\\nAnswer the question using a single word or phrase.' otherwise)")
     parser.add_argument("--batch-size", type=options.positive_int, default=4)
     parser.add_argument("--max-new-tokens", type=options.positive_int, default=8)
     parser.add_argument("--out", default=None, type=options.folder,
@@ -187,14 +261,16 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     try:
+        data = args.data or inputs_for(args.model).evaluation or SAMPLE_DATA
         result = evaluate(
-            args.model, args.data, options.spike_config(args), calibration_data=args.calibration_data,
+            args.model, data, options.spike_config(args), calibration_data=args.calibration_data,
             batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, seed=args.seed, dtype=getattr(torch, args.dtype),
+            prompt=args.prompt,
         )
     except (ValueError, ModelLoadError, FileNotFoundError) as error:
         return options.fail("eval", error)
     for problem in result.problems:
-        print(f"spikemllm eval: {args.data}: line {problem.line} left out: {problem.reason}", file=sys.stderr)
+        print(f"spikemllm eval: {data}: line {problem.line} left out: {problem.reason}", file=sys.stderr)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         write_file(args.out / "eval.json", json.dumps(result.as_dict(), indent=2))

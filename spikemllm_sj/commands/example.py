@@ -10,14 +10,15 @@ from pathlib import Path
 import torch
 
 from spikemllm_sj.analysis.fidelity import VARIANTS, ThreeWay, convert_and_compare
+from spikemllm_sj.commands import options
+from spikemllm_sj.commands.common import calibration_for, inputs_for
 from spikemllm_sj.models.inputs import decode, encode, model_label, read_image
-from spikemllm_sj.models.loading import ModelLoadError, load_model
-from spikemllm_sj.models.tiny import visual_token_ids
+from spikemllm_sj.models.loading import EASYVQA_LLAVA, ModelLoadError, load_model
+from spikemllm_sj.models.tiny import TINY_MODELS, visual_token_ids
 
 __all__ = ["ExampleRun", "example_parser", "answer_three_ways", "print_run"]
 
 ASSETS = Path(__file__).resolve().parents[2] / "examples" / "assets"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 @dataclass(frozen=True)
@@ -35,50 +36,72 @@ class ExampleRun:
 
 
 def example_parser(description: str, tiny: str, checkpoint: str) -> argparse.ArgumentParser:
-    """``--model`` (default ``tiny``), ``--image``, ``--question``, ``--new-tokens``, ``--dtype``.
+    """``--model`` (default ``tiny``), ``--image``, ``--question``, ``--new-tokens``,
+    ``--calibration-data`` and the conversion options of ``spikemllm convert``
+    (:func:`~spikemllm_sj.commands.options.add_config`, default the best measured configuration).
 
     :param checkpoint: the real checkpoint to name in ``--model``'s help.
     """
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--model", default=tiny,
-        help=f"default {tiny} (built offline, random weights); real weights: {checkpoint}, or a local folder",
+        help=f"default {tiny} (built offline, random weights); {EASYVQA_LLAVA} (trained, real SmolLM2 weights); "
+             f"real weights: {checkpoint}, or a local folder",
     )
-    parser.add_argument("--image", default=str(ASSETS / "shapes.png"), help="image file (default: a red circle and a blue square)")
-    parser.add_argument("--question", default="What colour is the circle?")
+    parser.add_argument("--image", default=None,
+                        help=f"image file (default: a red circle and a blue square; for {EASYVQA_LLAVA}, an easy-VQA test image)")
+    parser.add_argument("--question", default=None, help="default: What colour is the circle? (or the test image's question)")
     parser.add_argument("--new-tokens", type=int, default=8, help="greedy tokens to generate")
-    parser.add_argument("--dtype", default="float32", choices=tuple(DTYPES), help="weights of real checkpoints")
+    parser.add_argument("--calibration-data", default=None, type=options.existing_file,
+                        help="JSONL of records to calibrate on (default: the model's bundled records)")
+    options.add_config(parser)
     return parser
 
 
 def answer_three_ways(args: argparse.Namespace) -> ExampleRun:
     """Answer ``args.question`` about ``args.image`` with ``args.model`` as float model, then
-    convert it with ``SpikeConfig()`` (TC-LIF, Tv/Tt = 3/4, W8, dynamic scales) and answer again
-    spike-driven and as the fake-quant twin.
+    convert it with the configuration of the options (default
+    :data:`~spikemllm_sj.config.RECOMMENDED`, calibrated on ``--calibration-data`` or the model's
+    bundled records) and answer again spike-driven and as the fake-quant twin.
 
-    :raises SystemExit: with the message, for an unknown model or an unreadable image.
+    :raises SystemExit: with the message, for an unknown model, an unreadable image or a bad option.
     """
     try:
+        config = options.spike_config(args)
+        bundled = inputs_for(args.model)
+        row_image, row_question = bundled.rows[0] if args.model == EASYVQA_LLAVA else (ASSETS / "shapes.png", "What colour is the circle?")
+        args.image = args.image or str(row_image)
+        args.question = args.question or row_question
         image = read_image(args.image)
-        model, processor = load_model(args.model, dtype=DTYPES[args.dtype])
-    except (ValueError, ModelLoadError) as error:
+        model, processor = load_model(args.model, dtype=getattr(torch, args.dtype))
+        calibration, _ = calibration_for(model, processor, config, args.calibration_data or bundled.calibration, 8, False)
+    except (ValueError, ModelLoadError, FileNotFoundError) as error:
         raise SystemExit(f"error: {error}") from None
     batch = encode(model, processor, [image], [args.question])
     visual = int((batch["input_ids"] == visual_token_ids(model)["image"]).sum())
-    (run,) = convert_and_compare(model, [batch], args.new_tokens, progress=False)
+    (run,) = convert_and_compare(model, [batch], args.new_tokens, config, calibration, progress=False)
     answers = {variant: decode(processor, run.of(variant).tokens)[0] for variant in VARIANTS}
     return ExampleRun(args.model, model, processor, batch, run, answers, visual)
 
 
 def print_run(result: ExampleRun, question: str) -> int:
-    """Print the answers and the checks; 0 when the spiking model equals its twin bit for bit."""
+    """Print the answers and the checks; the status: 0 when the spiking model equals its twin bit
+    for bit and its logit cosine to the float model passes the fidelity guard, 1 when it differs
+    from its twin, :data:`~spikemllm_sj.commands.options.EXIT_LOW_FIDELITY` when it fails the guard."""
     label = model_label(result.model)
     exact = result.run.spike_equals_twin()
     print(f"question: {question!r} ({result.visual_tokens} image tokens, {int(result.batch['attention_mask'].sum())} in all)")
     for name, variant in ((f"{label} ANN", "float"), ("spiking", "spike"), ("fake-quant ANN", "fake_quant")):
         print(f"  {name + ' answer:':<24}{result.answers[variant]!r}")
     print(f"spiking == fake-quant ANN, bit for bit (logits and tokens): {exact}")
-    print(f"spiking vs {label}: logit cosine {result.run.logit_cosine():.4f}, top-1 agreement {result.run.top1_agreement():.3f}")
-    if result.processor is None:
+    cosine = result.run.logit_cosine()
+    print(f"spiking vs {label}: logit cosine {cosine:.4f}, top-1 agreement {result.run.top1_agreement():.3f}")
+    if result.name in TINY_MODELS:
         print("(tiny model with random weights: the answers are noise; the checks are the point)")
-    return 0 if exact else 1
+    if not exact:
+        return 1
+    if cosine < options.DEFAULT_MIN_COSINE:
+        print(f"FIDELITY GUARD FAILED: logit cosine {cosine:.4f} < {options.DEFAULT_MIN_COSINE}: the spiking answers are not the "
+              "model's (see docs/fidelity.md for configurations that hold)")
+        return options.EXIT_LOW_FIDELITY
+    return 0

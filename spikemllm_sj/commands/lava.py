@@ -1,5 +1,11 @@
-"""``spikemllm lava``: one converted layer of a tiny model on Lava against PyTorch, bit for bit, and
-the accelerator model's view of the same forward pass."""
+"""``spikemllm lava``: one converted layer of a model on Lava against PyTorch, bit for bit, and the
+accelerator model's view of the same forward pass.
+
+The model is converted with the command's configuration (default
+:data:`~spikemllm_sj.config.RECOMMENDED`, calibrated on the model's bundled calibration records
+or ``--calibration-data``) and run on the model's bundled rows
+(:func:`~spikemllm_sj.commands.common.inputs_for`) or a random batch for tiny models
+(``--tiny-batch``)."""
 
 from __future__ import annotations
 
@@ -7,11 +13,15 @@ import argparse
 import json
 import time
 
+import torch
+
 from spikemllm_sj.analysis import accelerator
+from spikemllm_sj.ann2snn.adapters import adapter_for
 from spikemllm_sj.commands import options
-from spikemllm_sj.commands.common import convert_compare_report
-from spikemllm_sj.config import SpikeConfig
-from spikemllm_sj.models.tiny import build_tiny_model, tiny_batch
+from spikemllm_sj.commands.common import calibration_for, convert_compare_report, inputs_for
+from spikemllm_sj.models.inputs import encode, read_image
+from spikemllm_sj.models.loading import ModelLoadError, load_model
+from spikemllm_sj.models.tiny import TINY_MODELS, tiny_batch
 
 __all__ = ["add_parser", "run"]
 
@@ -24,16 +34,21 @@ _PARTS = {
 
 def add_parser(sub) -> argparse.ArgumentParser:
     parser = sub.add_parser(
-        "lava", help="run one converted layer of a tiny model on Lava and check it equals PyTorch bit for bit",
+        "lava", help="run one converted layer of a model on Lava and check it equals PyTorch bit for bit",
         epilog=options.epilog("the Lava layer differs from PyTorch, or the spiking model from its fake-quant twin"),
     )
-    options.add_model(parser, tiny_only=True)
+    options.add_model(parser)
     parser.add_argument(
-        "--layer",
-        default="model.language_model.layers.0.mlp",
-        help="module path: a converted linear layer, a gated MLP, or an attention module (its q/k/v projections)",
+        "--layer", default=None,
+        help="module path: a converted linear layer, a gated MLP, or an attention module (its q/k/v projections) "
+             "(default: the first decoder layer's MLP)",
     )
     parser.add_argument("--precision", default="fixed_pt", choices=("fixed_pt", "floating_pt"))
+    options.add_config(parser)
+    parser.add_argument("--calibration-data", default=None, type=options.existing_file,
+                        help="JSONL of records to calibrate on (default: the model's bundled records)")
+    parser.add_argument("--tiny-batch", action="store_true",
+                        help="tiny models: run on a random batch of 2 rows (tiny_batch) instead of the bundled rows")
     options.add_seed(parser)
     parser.add_argument("--params", type=options.existing_file, default=None,
                         help="accelerator parameter file (TOML); default: the packaged one")
@@ -42,11 +57,13 @@ def add_parser(sub) -> argparse.ArgumentParser:
     return parser
 
 
-def _print(args, check, layer_costs, preset, params_file, build_seconds: float) -> None:
+def _print(args, config, cosine: float, check, layer_costs, preset, params_file, build_seconds: float) -> None:
     tokens = ", ".join(f"{n} {c} ({check.steps[n]} steps each)" for n, c in check.tokens.items())
     ratios = preset.totals()["ratios"]
     print(
-        f"{args.model}, converted (TC-LIF, MSTS, W8, dynamic per-token scales); layer {check.layer} "
+        f"{args.model}, converted ({config.method!r}, W{config.weight_bits} {config.weight_method}, "
+        f"{config.act_scales} scales, act clip {config.act_clip}; logit cosine to the float model {cosine:.4f}); "
+        f"layer {check.layer} "
         f"[{check.kind}: {_PARTS[check.kind]}] on Lava ({check.precision}) vs PyTorch spike mode\n"
         f"  tokens: {tokens}; {check.lava_steps} Lava steps in {check.lava_runs} runs\n"
         f"  max abs difference: {check.max_abs_diff:g}; exact (bit for bit): {'yes' if check.exact else 'no'}\n"
@@ -71,22 +88,32 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     params_file = args.params or accelerator.PARAMS_FILE
     try:
+        if args.tiny_batch and args.model not in TINY_MODELS:
+            raise ValueError(f"--tiny-batch needs a tiny model ({', '.join(TINY_MODELS)}), got --model {args.model}")
+        config = options.spike_config(args)
         params = accelerator.load_params(params_file)
-        model = build_tiny_model(args.model, seed=args.seed)
-        check_lava_layer(model, args.layer, SpikeConfig())  # on the float model, before converting it
-    except (ValueError, TypeError) as error:
+        model, processor = load_model(args.model, seed=args.seed, dtype=getattr(torch, args.dtype))
+        layer = args.layer or f"{adapter_for(model).language_model}.layers.0.mlp"
+        check_lava_layer(model, layer, config)  # on the float model, before converting it
+        inputs = inputs_for(args.model)
+        if args.tiny_batch:
+            batch = tiny_batch(model, batch_size=2, seed=args.seed)
+        else:
+            batch = encode(model, processor, [read_image(i) for i, _ in inputs.rows], [q for _, q in inputs.rows])
+        calibration, _ = calibration_for(model, processor, config, args.calibration_data or inputs.calibration, 8, False)
+    except (ValueError, TypeError, ModelLoadError, FileNotFoundError) as error:
         return options.fail("lava", error)
-    batch = tiny_batch(model, batch_size=2, seed=args.seed)
-    done = convert_compare_report(model, batch, SpikeConfig(), None, new_tokens=1)
+    done = convert_compare_report(model, batch, config, calibration, new_tokens=1)
     build_seconds = time.perf_counter() - start
-    check = check_layer(model, args.layer, batch, precision=args.precision)
+    check = check_layer(model, layer, batch, precision=args.precision)
     # The accelerator's view of the same forward pass: the layer's activity, then the paper's
     # Qwen2VL-7B setting at the firing rates measured here.
-    layer_costs = accelerator.compare(accelerator.workload_from_report(done.report, scope=args.layer), params)
+    layer_costs = accelerator.compare(accelerator.workload_from_report(done.report, scope=layer), params)
     preset = accelerator.compare(accelerator.paper_preset(accelerator.measured_rates(done.report)), params)
     if args.json:
-        print(json.dumps({"model": args.model, "build_seconds": build_seconds, **check.as_dict(),
+        print(json.dumps({"model": args.model, "config": config.to_dict(), "build_seconds": build_seconds,
+                          "logit_cosine": done.run.logit_cosine(), **check.as_dict(),
                           "accelerator": {"layer": layer_costs.as_dict(), "paper_preset": preset.as_dict()}}, indent=2))
     else:
-        _print(args, check, layer_costs, preset, params_file, build_seconds)
+        _print(args, config, done.run.logit_cosine(), check, layer_costs, preset, params_file, build_seconds)
     return options.EXIT_OK if check.exact and done.run.spike_equals_twin() else options.EXIT_INEXACT

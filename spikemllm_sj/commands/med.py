@@ -1,5 +1,9 @@
-"""``spikemllm med``: analyze a tiny offline MLLM, schedule at a few budgets, write the JSON, a
-Markdown report and the figures."""
+"""``spikemllm med``: analyze an MLLM, schedule at a few budgets, write the JSON, a Markdown report
+and the figures.
+
+Tiny models are measured on random batches (:func:`tiny_batches`); other models on their bundled
+records (:func:`~spikemllm_sj.commands.common.inputs_for`: the calibration records to measure on,
+the evaluation records held out), in batches of :data:`BATCH_SIZE`."""
 
 from __future__ import annotations
 
@@ -11,13 +15,17 @@ from typing import Optional, Sequence
 
 from spikemllm_sj.ann2snn.calibration import calibrate
 from spikemllm_sj.commands import options
+from spikemllm_sj.commands.common import chunks, inputs_for
 from spikemllm_sj.commands.run_folder import run_folder
-from spikemllm_sj.config import SpikeConfig
+from spikemllm_sj.config import RECOMMENDED, SpikeConfig
+from spikemllm_sj.data.records import read_records
 from spikemllm_sj.med.analysis import MEDConfig, MEDStudy, Over, analyze, baselines, compare
 from spikemllm_sj.med.plots import plot_med
 from spikemllm_sj.med.schedule import check_budget, explain
 from spikemllm_sj.med.steps import ALL
-from spikemllm_sj.models.tiny import build_tiny_model, tiny_batch, tiny_spec, tiny_video_batch
+from spikemllm_sj.models.inputs import encode
+from spikemllm_sj.models.loading import BUILTIN_MODELS, load_model
+from spikemllm_sj.models.tiny import TINY_MODELS, build_tiny_model, tiny_batch, tiny_spec, tiny_video_batch
 
 __all__ = ["command", "format_report", "run_med", "tiny_batches", "write_med", "add_parser", "run"]
 
@@ -34,6 +42,35 @@ def tiny_batches(model, count: int, seed: int) -> list[dict]:
     return batches
 
 
+def record_batches(model, processor, data, count: int) -> list[dict]:
+    """The first ``count`` batches of :data:`BATCH_SIZE` records of the JSONL ``data``.
+
+    :raises ValueError: ``data`` has fewer records than ``count`` batches need.
+    """
+    records, _ = read_records(data)
+    if len(records) < count * BATCH_SIZE:
+        raise ValueError(f"{data} has {len(records)} readable records; {count} batches of {BATCH_SIZE} need "
+                         f"{count * BATCH_SIZE}")
+    return [encode(model, processor, [r.image for r in c], [r.question for r in c])
+            for c in chunks(records[: count * BATCH_SIZE], BATCH_SIZE)]
+
+
+def _model_and_batches(model_name: str, seed: int, calibration_batches: int, holdout_batches: int):
+    if model_name in TINY_MODELS:
+        model = build_tiny_model(model_name, seed=seed)
+        return model, tiny_batches(model, calibration_batches, seed), tiny_batches(model, holdout_batches, seed + 1000), (
+            f"tiny_batch({BATCH_SIZE} rows) per seed, plus tiny_video_batch(2 rows, 4 frames) per seed where the family "
+            "has video")
+    inputs = inputs_for(model_name)
+    if inputs.evaluation is None:
+        raise ValueError(f"{model_name} has no bundled records to hold out: MED runs on the built-in models")
+    model, processor = load_model(model_name, seed=seed)
+    return (model, record_batches(model, processor, inputs.calibration, calibration_batches),
+            record_batches(model, processor, inputs.evaluation, holdout_batches),
+            f"batches of {BATCH_SIZE} records: calibration from {inputs.calibration.name}, held out from "
+            f"{inputs.evaluation.name}")
+
+
 def run_med(
     model_name: str = "tiny-qwen2-vl",
     seed: int = 0,
@@ -46,18 +83,17 @@ def run_med(
     config: Optional[SpikeConfig] = None,
     progress: bool = True,
 ) -> tuple[dict, MEDStudy]:
-    """Build tiny ``model_name`` (random weights from ``seed``), analyze it on calibration batches
-    (seeds ``seed..``), schedule at ``budgets`` (average steps ``over``) and compare on held-out
-    batches (seeds from ``seed + 1000``).
+    """Load ``model_name`` (a tiny one with random weights from ``seed``), analyze it on calibration
+    batches (tiny: seeds ``seed..``; others: their bundled calibration records), schedule at
+    ``budgets`` (average steps ``over``) and compare on held-out batches (tiny: seeds from
+    ``seed + 1000``; others: their bundled evaluation records).
 
     :return: the JSON-ready result and the study (its model converted).
     """
     for budget in budgets:  # before the analysis, which takes a while
         check_budget(budget, tuple(candidates))
-    model = build_tiny_model(model_name, seed=seed)
-    calib = tiny_batches(model, calibration_batches, seed)
-    held = tiny_batches(model, holdout_batches, seed + 1000)
-    config = config or SpikeConfig()
+    model, calib, held, description = _model_and_batches(model_name, seed, calibration_batches, holdout_batches)
+    config = config or RECOMMENDED
     calibration = calibrate(model, calib, config, progress=False) if config.needs_calibration else None
     study = analyze(model, calib, config, MEDConfig(tuple(candidates), groups), holdout=held, calibration=calibration,
                     progress=progress)
@@ -87,8 +123,7 @@ def run_med(
             "holdout_seeds": holdout_batches,
             "calibration": len(calib),
             "holdout": len(held),
-            "description": f"tiny_batch({BATCH_SIZE} rows) per seed, plus tiny_video_batch(2 rows, 4 frames) "
-            "per seed where the family has video",
+            "description": description,
         },
         **study.as_dict(),
         "over": over,
@@ -295,10 +330,10 @@ def _groups(text: str) -> int:
 def add_parser(sub) -> argparse.ArgumentParser:
     parser = sub.add_parser(
         "med",
-        help="measure MED and per-modality sensitivity of a tiny offline MLLM, schedule MSTS steps, write JSON, report and plots",
+        help="measure MED and per-modality sensitivity of an MLLM, schedule MSTS steps, write JSON, report and plots",
         epilog=options.epilog(),
     )
-    options.add_model(parser, tiny_only=True)
+    options.add_model(parser, choices=BUILTIN_MODELS)
     parser.add_argument(
         "--out", default="out/med", type=options.run_folder(MARKER),
         help="folder for med.json, report.md and the PNG figures: a new folder, an empty one or a previous med run's, "
@@ -306,8 +341,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
     )
     parser.add_argument("--seed", type=int, default=0, help="weights and calibration batches (held-out batches: seed + 1000)")
     parser.add_argument("--batches", type=options.positive_int, default=2,
-                        help="calibration seeds (image batch, plus video batch where the family has video)")
-    parser.add_argument("--holdout", type=options.positive_int, default=2, help="held-out seeds for the comparison table")
+                        help=f"calibration batches: tiny models, seeds (image batch, plus video batch where the family has "
+                             f"video); other models, batches of {BATCH_SIZE} bundled calibration records")
+    parser.add_argument("--holdout", type=options.positive_int, default=2,
+                        help="held-out batches for the comparison table (tiny: seeds; others: of the evaluation records)")
     parser.add_argument("--candidates", type=options.positive_int, nargs="+", default=[2, 3, 4, 5, 6, 7],
                         help="step counts probed; the largest is the reference")
     parser.add_argument("--groups", type=_groups, default=1, help="decoder layer groups measured apart from the vision tower (0: none)")
@@ -317,7 +354,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "--over", default="tokens", choices=("tokens", "sites"),
         help="budget per language-model token (tokens) or per token encoded at any spike-driven site, vision tower included (sites)",
     )
-    options.add_config(parser, act_scales="dynamic", steps=False, dtype=False)
+    options.add_config(parser, steps=False, dtype=False)
     parser.add_argument("--json", action="store_true", help="print the JSON instead of the summary")
     parser.set_defaults(func=run)
     return parser

@@ -34,7 +34,10 @@ def _med_text(med: dict) -> str:
     return (f"budget {med['budget']:g} average steps per language-model token: chose {steps} "
             f"({chosen['average_steps']:.2f} steps on average"
             + (f", logit cosine to FP32 {cosine:.4f} on the calibration batches" if cosine is not None else "")
-            + f"; best of {med['candidates_measured']} measured plans); mean MED (text minus modality): {mean_med}")
+            + f"; best of {med['candidates_measured']} measured plans); mean MED (text minus modality): {mean_med}"
+            + ("" if not med.get("clip_ratios_searched_at") else
+               "; the spiking model is the copy MED measured, its clip ratios searched at "
+               + ", ".join(f"{m} {t}" for m, t in med["clip_ratios_searched_at"].items()) + " steps"))
 
 
 def _configuration(run: dict) -> list[str]:
@@ -46,7 +49,7 @@ def _configuration(run: dict) -> list[str]:
     else:
         scales = "dynamic, per token (absmax)"
     weights = "random (a tiny offline model: answers mean nothing, fidelity measures the conversion)" \
-        if run["model"].startswith("tiny-") else "pretrained"
+        if run["model"].startswith("tiny-") else "trained"
     clip = c["act_clip"]
     scales += ("; clip ratio searched per layer and modality on the calibration's inputs" if clip == "search"
                else f"; clip ratio {clip:g}" if clip != 1.0 else "")
@@ -63,8 +66,10 @@ def _configuration(run: dict) -> list[str]:
                       + f", probabilities {c['prob_bits']}-bit (binary TC-LIF)"),
         ("output head", "spike-driven" if c["convert_lm_head"] else f"kept in {run['label']}"),
         ("MED schedule", med),
-        ("inputs", f"`{run['inputs']['image']}` with {len(run['inputs']['questions'])} questions, "
-                   f"{run['inputs']['tokens']} real tokens"),
+        ("compared rows", f"{len(run['inputs']['rows'])} (image, question) rows, {run['inputs']['tokens']} real tokens: "
+                          + ", ".join(sorted({f"`{r['image']}`" for r in run["inputs"]["rows"]}))),
+        ("fidelity guard", "none" if run["fidelity"]["guard"]["min_cosine"] is None else
+         f"logit cosine to {run['label']} at least {run['fidelity']['guard']['min_cosine']:g}"),
     ]
     return ["| setting | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
 
@@ -73,10 +78,24 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ") or "(empty)"
 
 
+def _guard(run: dict) -> list[str]:
+    """The fidelity guard's verdict, loud when it failed."""
+    f = run["fidelity"]
+    guard = f["guard"]
+    if guard["min_cosine"] is None:
+        return []
+    if guard["passed"]:
+        return [f"Fidelity guard passed: logit cosine {f['logit_cosine']:.4f} >= {guard['min_cosine']:g}.", ""]
+    return [f"> **FIDELITY GUARD FAILED**: the spiking model's logit cosine to {run['label']} is {f['logit_cosine']:.4f}, "
+            f"below {guard['min_cosine']:g}. Its answers are not the model's; the figures below describe a broken "
+            "conversion (try a rotation with clipping, more steps or more weight bits: `docs/fidelity.md`).", ""]
+
+
 def _fidelity(run: dict) -> list[str]:
     f, label = run["fidelity"], run["label"]
     same = f["new_tokens_equal_to_float"]
     lines = [
+        *_guard(run),
         "| check | value |",
         "|---|---:|",
         f"| spiking == fake-quant ANN, bit for bit (prompt logits and new tokens) | {'yes' if f['spike_equals_twin'] else '**no**'} |",
@@ -84,10 +103,11 @@ def _fidelity(run: dict) -> list[str]:
         f"| next-token top-1 agreement, spiking vs {label} | {f['top1_agreement']:.3f} |",
         f"| greedy new tokens equal to {label}'s | {'n/a (lengths differ)' if same is None else f'{same:.3f}'} |",
         "",
-        f"| question | {label} ANN | fake-quant ANN | spiking |",
-        "|---|---|---|---|",
+        f"| image | question | {label} ANN | fake-quant ANN | spiking |",
+        "|---|---|---|---|---|",
     ]
-    lines += [f"| {_cell(g['question'])} | {_cell(g['float'])} | {_cell(g['fake_quant'])} | {_cell(g['spike'])} |" for g in run["generation"]]
+    lines += [f"| ![]({row['shown_as']}) | {_cell(g['question'])} | {_cell(g['float'])} | {_cell(g['fake_quant'])} | "
+              f"{_cell(g['spike'])} |" for row, g in zip(run["inputs"]["rows"], run["generation"])]
     return lines
 
 
@@ -97,7 +117,8 @@ def _ops_and_energy(run: dict, energy: dict) -> list[str]:
     lines = [
         "One spike-mode forward over the prompt rows (SpikingJelly op counters; [`op_report.txt`](op_report.txt)):",
         "",
-        "| spikes | synaptic ops | non-spiking FLOPs | mean steps per token |",
+        "| spikes | synaptic ops | non-spiking FLOPs | mean steps per token (linear inputs and queries; the "
+        "attention probabilities' steps excluded) |",
         "|---:|---:|---:|---|",
         f"| {ops['spikes']} | {ops['synops']} | {ops['non_spiking_flops']} | {steps} |",
         "",
@@ -105,18 +126,24 @@ def _ops_and_energy(run: dict, energy: dict) -> list[str]:
     if "error" in energy:
         return lines + [f"Energy: not computed: {energy['error']}"]
     total = energy["comparison"]["total"]
+    tiny = run["model"].startswith("tiny-")
     lines += [
         "Energy (the parameterised accelerator model of `spikemllm_sj/analysis/accelerator.py` against an FP16 GPU "
-        "roofline, both costed on this pass's counts; a model, not a measurement; per-site rows in "
-        "[`energy.md`](energy.md)):",
+        "roofline, both costed on this pass's counts; a model, not a measurement: its clock is assumed and its PE "
+        "count, power and GPU efficiency are fitted so that the Qwen2-VL-7B preset reproduces the paper's 9.06x / "
+        "25.8x (`accelerator_params.toml`); per-site rows in [`energy.md`](energy.md))"
+        + (f". `{run['model']}` is a {'random ' if tiny else ''}toy-sized model: its tokens/s say how fast the modelled "
+           "chip would run this small network, not what it does on a real MLLM" if tiny or run["model"] == "easyvqa-llava" else "")
+        + ":",
         "",
-        "| device | tokens/s | power (W) | energy per token (J) |",
+        "| device (modelled) | tokens/s | power (W) | energy per token (J) |",
         "|---|---:|---:|---:|",
     ]
     for key, name in (("accelerator_chip", "accelerator, chip"), ("accelerator_with_hbm", "accelerator, chip + HBM"), ("gpu", "GPU")):
         v = total[key]
         lines.append(f"| {name} | {v['tokens_per_s']:.1f} | {v['power_w']:.3g} | {v['energy_per_token_j']:.4g} |")
-    lines += ["", "| ratio | value |", "|---|---:|"] + [f"| {k} | {v:.2f}x |" for k, v in total["ratios"].items()]
+    lines += ["", "| ratio (model, parameters fitted to the paper) | value |", "|---|---:|"]
+    lines += [f"| {k} | {v:.2f}x |" for k, v in total["ratios"].items()]
     return lines
 
 
@@ -231,11 +258,21 @@ def format_summary(run: dict) -> str:
         f"{'synaptic ops':<46}{ops['synops']:>14}",
         f"{'non-spiking FLOPs':<46}{ops['non_spiking_flops']:>14}",
         "-" * len(head),
-        f"steps per token: {steps}",
+        f"steps per token (probabilities excluded): {steps}",
         f"Lava: {lava_line}",
     ]
     for g in run["generation"]:
-        rows.append(f"Q: {g['question']!r}\n   {label}: {g['float']!r}\n   spiking: {g['spike']!r}")
+        rows.append(f"Q: {g['question']!r}\n   {label}: {g['float']!r}\n   fake-quant: {g['fake_quant']!r}\n   spiking: {g['spike']!r}")
+    e = run.get("evaluation")
+    if e:
+        acc = e["accuracy"]
+        rows.append(f"accuracy on {e['records']} records of {e['data']}: {label} {100 * acc['float']:.1f}%, fake-quant "
+                    f"{100 * acc['fake_quant']:.1f}%, spiking {100 * acc['spike']:.1f}% (gap {e['gap_points']:.1f} points; "
+                    f"spiking == fake-quant: {e['spike_equals_twin']})")
+    guard = f["guard"]
+    if guard["min_cosine"] is not None:
+        rows.append(f"fidelity guard (logit cosine >= {guard['min_cosine']:g}): "
+                    + ("passed" if guard["passed"] else "**FAILED**"))
     rows.append("wall time: " + ", ".join(f"{k} {v:.1f} s" for k, v in run["timings_s"].items()))
     return "\n".join(rows)
 

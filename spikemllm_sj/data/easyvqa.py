@@ -33,11 +33,13 @@ __all__ = [
     "collate",
     "easyvqa_accuracy",
     "image_attributes",
+    "image_file",
     "load_split",
     "normalize",
     "one_question_per_image",
     "prompt_batch",
     "prompt_ids",
+    "records_file",
     "score",
 ]
 
@@ -66,6 +68,13 @@ def _data_dir() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise ModuleNotFoundError("the easy-vqa package is not installed; run: make weights")
     return Path(spec.submodule_search_locations[0]) / "data"
+
+
+def image_file(split: str, image_id: int) -> Path:
+    """The PNG file of image ``image_id`` of ``split`` in the installed easy-vqa package."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    return _data_dir() / split / "images" / f"{image_id}.png"
 
 
 def answers() -> tuple[str, ...]:
@@ -128,6 +137,41 @@ def one_question_per_image(data: EasyVQA, seed: int = 0, limit: int | None = Non
     rng = random.Random(seed)
     images = sorted(by_image)[:limit] if limit is not None else sorted(by_image)
     return [rng.choice(by_image[i]) for i in images]
+
+
+def records_file(split: str, count: int, seed: int = 0, folder: Path | None = None) -> Path:
+    """A JSONL of ``{image, question, answer}`` records (:mod:`spikemllm_sj.data.records`): one
+    seeded question for each of the first ``count`` images of ``split``
+    (:func:`one_question_per_image`), the image paths pointing into the installed easy-vqa package.
+
+    Written once into ``folder`` (default: ``easyvqa/`` in the real-weights cache,
+    :func:`~spikemllm_sj.models.real_weights.cache_dir`) as ``{split}-{count}-seed{seed}.jsonl``;
+    a later call returns the file when its contents are the same, and rewrites it otherwise (the
+    package moved).
+
+    :raises ValueError: a split that is not ``train`` or ``test``, or ``count`` not in [1, images].
+    """
+    from spikemllm_sj.models.real_weights import cache_dir
+
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    root = _data_dir() / split
+    records = tuple(VQARecord(q, a, int(i)) for q, a, i in json.loads((root / "questions.json").read_text()))
+    images = max(r.image_id for r in records) + 1
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= images:
+        raise ValueError(f"count must be an int in [1, {images}] (the images of {split}), got {count!r}")
+    chosen = one_question_per_image(EasyVQA(split, records, torch.empty(0)), seed=seed, limit=count)
+    text = "".join(
+        json.dumps({"image": str(image_file(split, r.image_id)), "question": r.question, "answer": r.answer}) + "\n"
+        for r in chosen
+    )
+    path = Path(folder or cache_dir() / "easyvqa") / f"{split}-{count}-seed{seed}.jsonl"
+    if not path.is_file() or path.read_text() != text:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.partial")
+        partial.write_text(text)
+        partial.replace(path)  # atomic: a reader never sees half a file
+    return path
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:

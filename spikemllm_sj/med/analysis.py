@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from spikemllm_sj.ann2snn.adapters import adapter_for
 from spikemllm_sj.ann2snn.preconditions import require_eval_mode
-from spikemllm_sj.ann2snn.recipe import convert, spike_state
+from spikemllm_sj.ann2snn.recipe import convert, set_msts, spike_state
 from spikemllm_sj.config import SpikeConfig
 from spikemllm_sj.med.measure import (
     LayerEvolution,
@@ -54,7 +54,10 @@ from spikemllm_sj.med.schedule import (
 from spikemllm_sj.med.steps import ALL, VISION, Plan, Sections, decoder_layers, model_sections, steps_applied, uniform_plan
 from spikemllm_sj.neurons import MSTSConfig
 
-__all__ = ["OVER", "MEDConfig", "MEDStudy", "SensitivityEntry", "analyze", "baselines", "compare", "scheduled_config"]
+__all__ = [
+    "OVER", "LowFidelityError", "MEDConfig", "MEDStudy", "SensitivityEntry", "analyze", "baselines", "compare",
+    "scheduled_config",
+]
 
 Batch = Mapping[str, torch.Tensor]
 Over = Literal["tokens", "sites"]
@@ -398,19 +401,46 @@ def baselines(study: MEDStudy, rows: list[dict], over: Over = "tokens") -> list[
     ]
 
 
+class LowFidelityError(ValueError):
+    """No schedule within the budget reaches the required fidelity."""
+
+
 def scheduled_config(
-    model: nn.Module, batches: Sequence[Batch], config: SpikeConfig, calibration, budget: float, progress: bool = False
-) -> tuple[SpikeConfig, dict]:
-    """``(config with the scheduled steps, record)``: MED and per-modality sensitivity measured on
-    a copy of float ``model`` (:func:`analyze`; twice the model's memory), then the steps per
-    modality the scheduler picks for an average of ``budget`` steps per language-model token.
-    Modalities absent from ``batches`` keep the configuration's steps."""
+    model: nn.Module, batches: Sequence[Batch], config: SpikeConfig, calibration, budget: float,
+    min_cosine: Optional[float] = None, progress: bool = False,
+) -> tuple[SpikeConfig, dict, nn.Module]:
+    """``(config with the scheduled steps, record, the converted model)``: MED and per-modality
+    sensitivity measured on a copy of float ``model`` converted with ``config`` (:func:`analyze`;
+    twice the model's memory), then the steps per modality the scheduler picks for an average of
+    ``budget`` steps per language-model token, given to that copy (:func:`set_msts`): the model
+    returned is the one whose fidelity the scheduler measured. Modalities absent from ``batches``
+    keep the configuration's steps.
+
+    With ``act_clip="search"`` the clip ratios were searched at ``config``'s steps and stay as
+    searched; converting the float model again with the returned config would search them at the
+    new steps (``record["clip_ratios_searched_at"]``).
+
+    :param min_cosine: refuse a schedule whose measured logit cosine to FP32 on ``batches`` is
+        below it (the scheduler's choice is the best it measured within the budget, so no plan
+        within the budget reaches it).
+    :raises LowFidelityError: the chosen schedule is below ``min_cosine``.
+    """
     check_budget(budget, MEDConfig().candidates)  # before the analysis, which takes a while
     study = analyze(copy.deepcopy(model), batches, config, calibration=calibration, progress=progress)
     chosen = study.schedule(budget=budget)
+    measured = chosen.chosen.measured
+    if min_cosine is not None and measured is not None and measured < min_cosine:
+        raise LowFidelityError(
+            f"MED: the best schedule within the budget of {budget:g} steps per token ({chosen.steps}) has a logit "
+            f"cosine of {measured:.4f} to FP32 on the calibration batches, below the fidelity guard's {min_cosine:g}; "
+            "give a larger budget, other quantization settings, or a lower --min-cosine"
+        )
     steps = {modality.name.lower(): code.steps for modality, code in config.msts.codes.items()}
+    searched_at = dict(steps) if config.act_clip == "search" else None
     steps.update(chosen.steps)
     scheduled = replace(config, msts=MSTSConfig(steps=steps, scheme=config.msts.scheme, signed=config.msts.signed))
+    set_msts(study.model, scheduled.msts)
     record = {"budget": budget, "steps": steps, "mean_med": study.mean_med(), "tokens": study.tokens,
-              "chosen": chosen.chosen.as_dict(), "candidates_measured": len(chosen.verified)}
-    return scheduled, record
+              "chosen": chosen.chosen.as_dict(), "candidates_measured": len(chosen.verified),
+              "clip_ratios_searched_at": searched_at}
+    return scheduled, record, study.model

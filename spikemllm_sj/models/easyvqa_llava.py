@@ -9,6 +9,9 @@ config, the training run and the measured test accuracy).
 
 The image placeholder reuses SmolLM2's ``<empty_output>`` special token (never produced in chat) so
 that the vocabulary, and with it the language model and its tied output head, stay exactly SmolLM2.
+:func:`build_processor` gives the matching :class:`~transformers.LlavaProcessor` (the prompt of
+:mod:`spikemllm_sj.data.easyvqa` as its chat template, pixels scaled to [-1, 1]), so the model runs
+through the same processor path as a hub checkpoint; ``load_model("easyvqa-llava")`` returns both.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
-from transformers import CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration
+from transformers import CLIPImageProcessorPil, CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 
 from spikemllm_sj.digests import file_sha256
 from spikemllm_sj.models.real_weights import load_smollm2
@@ -28,6 +31,7 @@ __all__ = [
     "IMAGE_TOKEN",
     "VISION_WEIGHTS",
     "build_llava",
+    "build_processor",
     "image_token_count",
     "load_easyvqa_llava",
     "save_vision",
@@ -82,6 +86,40 @@ def build_llava(lm, tokenizer, vision: dict = VISION, seed: int = 0):
     gen = model.generation_config
     gen.bos_token_id, gen.eos_token_id, gen.pad_token_id = lm.config.bos_token_id, lm.config.eos_token_id, lm.config.pad_token_id
     return model.eval()
+
+
+# easy-VQA's training prompt (spikemllm_sj.data.easyvqa.prompt_ids): the question, then the image's
+# placeholder, in a ChatML user turn without a system turn; an assistant turn ends with <|im_end|>.
+# (transformers renders with trim_blocks: a newline right after a block tag is written as {{ '\n' }}.)
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for part in message['content'] if part['type'] == 'text' %}{{ part['text'] }}{% endfor %}"
+    "{% if message['role'] == 'user' %}{{ '\\n' }}"
+    "{% for part in message['content'] if part['type'] == 'image' %}" + IMAGE_TOKEN + "{% endfor %}{% endif %}"
+    "{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def build_processor(tokenizer, vision: dict = VISION) -> LlavaProcessor:
+    """The :class:`~transformers.LlavaProcessor` of the trained model: ``tokenizer`` (SmolLM2's),
+    a CLIP image processor resizing to the tower's size and scaling uint8 pixels to [-1, 1] as in
+    training (:func:`spikemllm_sj.data.easyvqa.normalize`), and the training prompt as chat template.
+
+    The image placeholder expands to :func:`image_token_count` tokens (CLS dropped: the
+    ``"default"`` feature selection with one additional token).
+    """
+    size = vision["image_size"]
+    images = CLIPImageProcessorPil(
+        size={"height": size, "width": size}, do_center_crop=False, do_rescale=True, rescale_factor=1 / 255,
+        do_normalize=True, image_mean=[0.5] * 3, image_std=[0.5] * 3, do_convert_rgb=True,
+    )
+    return LlavaProcessor(
+        image_processor=images, tokenizer=tokenizer, patch_size=vision["patch_size"],
+        vision_feature_select_strategy="default", num_additional_image_tokens=1, image_token=IMAGE_TOKEN,
+        chat_template=CHAT_TEMPLATE,
+    )
 
 
 def vision_state(model) -> dict[str, torch.Tensor]:

@@ -1,9 +1,13 @@
 """A model's inputs from images and questions, and its generated tokens as text.
 
-Real checkpoints use their ``AutoProcessor`` and chat template; tiny models (no processor) take the
-image through :func:`~spikemllm_sj.models.tiny.tiny_image_batch` (resized to the family's tiny
-size) and the question through ByT5's byte-level tokenizer (token id = UTF-8 byte + 3, all inside
-the tiny vocabulary of 512).
+Every model with a processor goes through its chat template and ``processor(...)``: real
+checkpoints (their ``AutoProcessor``) and the tiny models (their family's processor, built offline
+by :func:`~spikemllm_sj.models.tiny.build_tiny_processor`). A tiny model whose processor this
+installation cannot build (``processor=None``: the Qwen / InternVL / OneVision processor classes need
+torchvision's video processors) takes the image through
+:func:`~spikemllm_sj.models.tiny.tiny_image_batch` (resized to the family's tiny size) and the
+question through ByT5's byte-level tokenizer (token id = UTF-8 byte + 3, as the tiny tokenizers'
+bytes, all inside the tiny vocabulary of 512).
 """
 
 from __future__ import annotations
@@ -32,8 +36,9 @@ def encode(model, processor, images: list, questions: list[str]) -> dict:
     """Forward / ``generate`` kwargs for one (PIL image, question) per row, left-padded, on the
     model's device (float inputs in the model's dtype).
 
-    Real checkpoints: ``processor.apply_chat_template`` on a user turn holding the image and the
-    question, with the generation prompt. Tiny models: ``[image] question-bytes``.
+    With a processor: ``processor.apply_chat_template`` on a user turn holding the image and the
+    question, with the generation prompt, then ``processor(...)``. Without (a tiny model whose
+    processor cannot be built here): ``[image] question-bytes``.
     """
     if len(images) != len(questions) or not images:
         raise ValueError(f"need one question per image and at least one, got {len(images)} images, {len(questions)} questions")
@@ -60,7 +65,7 @@ def read_image(path: str | Path):
 
 
 def tokenize(processor, text: str) -> list[int]:
-    """Token ids of plain ``text`` (no special tokens): the processor's tokenizer, or bytes for tiny models."""
+    """Token ids of plain ``text`` (no special tokens): the processor's tokenizer, or bytes without one."""
     tokenizer = _byte_tokenizer() if processor is None else processor.tokenizer
     return tokenizer(text, add_special_tokens=False).input_ids
 
@@ -68,7 +73,7 @@ def tokenize(processor, text: str) -> list[int]:
 def decode(processor, tokens: torch.Tensor) -> list[str]:
     """Text of generated token ids ``[B, N]``.
 
-    Tiny models: runs of printable-ASCII byte ids decode through ByT5; any other id (control or
+    Without a processor: runs of printable-ASCII byte ids decode through ByT5; any other id (control or
     non-ASCII bytes, specials, ids above the byte range) shows as ``<id>``: random weights emit all.
     """
     if processor is not None:

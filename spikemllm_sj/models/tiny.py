@@ -18,12 +18,16 @@ name                      class                                       vision tow
 ``text, image, text``, with as many image placeholder tokens as the family's processor would insert
 for the pixels given, and the pixels in the family's own format. :func:`tiny_image_batch` does the
 same for real PIL images (resized by :func:`tiny_pixels`) and given prompt ids.
-:func:`visual_token_ids` says which token ids are visual placeholders.
+:func:`visual_token_ids` says which token ids are visual placeholders. :func:`build_tiny_processor`
+gives each model its family's ``transformers`` processor (image processor at the tiny sizes, a
+byte-level BPE tokenizer around the config's special ids, a chat template), built offline.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,16 +35,33 @@ import torch
 import torch.nn.functional as F
 import transformers
 from PIL import Image
-from transformers import InternVLConfig, LlavaConfig, LlavaOnevisionConfig, Qwen2_5_VLConfig, Qwen2VLConfig
+from tokenizers import AddedToken, Tokenizer, decoders, pre_tokenizers, processors
+from tokenizers import models as tokenizer_models
+from transformers import (
+    CLIPImageProcessorPil,
+    GotOcr2ImageProcessorPil,
+    InternVLConfig,
+    LlavaConfig,
+    LlavaOnevisionConfig,
+    LlavaOnevisionImageProcessorPil,
+    PreTrainedTokenizerFast,
+    Qwen2_5_VLConfig,
+    Qwen2VLConfig,
+    Qwen2VLImageProcessorPil,
+)
+from transformers.convert_slow_tokenizer import bytes_to_unicode
 from transformers.image_processing_utils import select_best_resolution
 
 __all__ = [
     "TINY_MODELS",
+    "TinyProcessorUnavailable",
     "TinySpec",
     "build_tiny_model",
+    "build_tiny_processor",
     "tiny_batch",
     "tiny_image_batch",
     "tiny_pixels",
+    "tiny_processor",
     "tiny_spec",
     "tiny_video_batch",
     "visual_token_ids",
@@ -69,7 +90,7 @@ VISION_LAYERS = 2
 
 @dataclass(frozen=True)
 class TinySpec:
-    """What one tiny family is: its class, the special token ids and the synthetic image size.
+    """What one tiny family is: its model and processor classes, the special token ids and the synthetic image size.
 
     ``image_hw`` is the (height, width) of the synthetic image of each row before the family's
     preprocessing; ``bos_token_id`` is prepended to every row when not None; ``image_start`` /
@@ -80,6 +101,7 @@ class TinySpec:
     name: str
     family: str  # "qwen2_vl", "qwen2_5_vl", "internvl", "llava" or "llava_onevision"
     model_class: str  # class name in ``transformers``
+    processor_class: str  # the family's processor class in ``transformers``
     image_hw: tuple[int, int]
     bos_token_id: int | None
     eos_token_id: int
@@ -94,23 +116,23 @@ class TinySpec:
 
 _SPECS: dict[str, TinySpec] = {
     "tiny-qwen2-vl": TinySpec(
-        "tiny-qwen2-vl", "qwen2_vl", "Qwen2VLForConditionalGeneration", (24, 32),
+        "tiny-qwen2-vl", "qwen2_vl", "Qwen2VLForConditionalGeneration", "Qwen2VLProcessor", (24, 32),
         bos_token_id=None, eos_token_id=501, pad_token_id=500, image_start=502, image_end=503,
     ),
     "tiny-qwen2.5-vl": TinySpec(
-        "tiny-qwen2.5-vl", "qwen2_5_vl", "Qwen2_5_VLForConditionalGeneration", (24, 32),
+        "tiny-qwen2.5-vl", "qwen2_5_vl", "Qwen2_5_VLForConditionalGeneration", "Qwen2_5_VLProcessor", (24, 32),
         bos_token_id=None, eos_token_id=501, pad_token_id=500, image_start=502, image_end=503,
     ),
     "tiny-internvl": TinySpec(
-        "tiny-internvl", "internvl", "InternVLForConditionalGeneration", (32, 32),
+        "tiny-internvl", "internvl", "InternVLForConditionalGeneration", "InternVLProcessor", (32, 32),
         bos_token_id=None, eos_token_id=501, pad_token_id=500, image_start=502, image_end=503,
     ),
     "tiny-llava": TinySpec(
-        "tiny-llava", "llava", "LlavaForConditionalGeneration", (32, 32),
+        "tiny-llava", "llava", "LlavaForConditionalGeneration", "LlavaProcessor", (32, 32),
         bos_token_id=1, eos_token_id=2, pad_token_id=501, image_start=None, image_end=None,
     ),
     "tiny-llava-onevision": TinySpec(
-        "tiny-llava-onevision", "llava_onevision", "LlavaOnevisionForConditionalGeneration", (24, 32),
+        "tiny-llava-onevision", "llava_onevision", "LlavaOnevisionForConditionalGeneration", "LlavaOnevisionProcessor", (24, 32),
         bos_token_id=None, eos_token_id=501, pad_token_id=500, image_start=None, image_end=None,
     ),
 }
@@ -258,6 +280,249 @@ def build_tiny_model(name: str, seed: int = 0, dtype: torch.dtype = torch.float3
     gen = model.generation_config
     gen.pad_token_id, gen.bos_token_id, gen.eos_token_id = spec.pad_token_id, spec.bos_token_id, None
     return model.to(dtype).eval()
+
+
+# Processors: the family's own processor class around a byte-level BPE tokenizer with the config's
+# special ids, the family's image processor at the tiny sizes and a chat template.
+
+BYTE_OFFSET = 3  # byte b is token b + 3 (as ByT5); ids [259, 500) are BPE merges of _CORPUS
+IM_START = 506  # <|im_start|> of the ChatML families, free in every tiny config
+INTERNVL_VIDEO = 505  # InternVL's <video> (its config names no video id)
+
+# What the merges are learnt from: the questions of the examples and the eval sample, and a few everyday sentences.
+_CORPUS = """
+What colour is the circle? What colour is the shape? What shape is this? What is in the image?
+The circle is red. The square is blue. The triangle is green. The shape is yellow. It is a circle.
+Which shape is blue? Is there a square in the picture? Describe the image in one word.
+red blue green yellow white black orange purple circle square triangle rectangle shape colour color
+the a an of in on is are this that there what which where how many one two three yes no answer
+user assistant system question image picture video frame left right top bottom small large
+Please look at the photo and tell me what you see. I can see a dog, a cat and a tree next to a house.
+The man is holding a cup of coffee while he reads the newspaper on the table by the window.
+How many people are standing near the car? There are four people and the sky is bright today.
+"""
+
+
+class TinyProcessorUnavailable(ImportError):
+    """A tiny family's processor that this installation cannot build (the message says why)."""
+
+
+def _bpe_merges(count: int) -> list[tuple[str, str]]:
+    """``count`` byte-level BPE merges learnt from :data:`_CORPUS`: the most frequent pair first, ties by the pair."""
+    pieces = pre_tokenizers.ByteLevel(add_prefix_space=False).pre_tokenize_str(_CORPUS)
+    words = Counter(tuple(piece) for piece, _ in pieces)
+    merges = []
+    while len(merges) < count:
+        pairs = Counter()
+        for word, n in words.items():
+            for pair in zip(word, word[1:]):
+                pairs[pair] += n
+        if not pairs:
+            raise AssertionError(f"the corpus gives {len(merges)} merges, {count} are needed")
+        best = min(pairs, key=lambda pair: (-pairs[pair], pair))
+        merges.append(best)
+        words = Counter({_merge(word, best): n for word, n in words.items()})
+    return merges
+
+
+def _merge(word: tuple[str, ...], pair: tuple[str, str]) -> tuple[str, ...]:
+    out, i = [], 0
+    while i < len(word):
+        if word[i : i + 2] == pair:
+            out.append(word[i] + word[i + 1])
+            i += 2
+        else:
+            out.append(word[i])
+            i += 1
+    return tuple(out)
+
+
+@functools.lru_cache(maxsize=1)
+def _text_vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """The text ids [3, 500): the 256 bytes (as ByteLevel characters) then the merges."""
+    vocab = {char: BYTE_OFFSET + byte for byte, char in bytes_to_unicode().items()}
+    merges = _bpe_merges(TEXT_IDS[1] - len(vocab) - BYTE_OFFSET)
+    for a, b in merges:
+        vocab[a + b] = len(vocab) + BYTE_OFFSET
+    return vocab, merges
+
+
+def _tokenizer(special: dict[int, str], roles: dict[str, str], named: dict[str, str], bos: str | None):
+    """A ``PreTrainedTokenizerFast`` of exactly :data:`VOCAB` ids, left-padding.
+
+    :param special: id -> special token (placeholders, BOS/EOS/PAD, delimiters); every other id
+        outside the text ids becomes ``<|reserved_{id}|>``.
+    :param roles: ``bos_token`` / ``eos_token`` / ``pad_token`` / ``unk_token`` -> token.
+    :param named: the family's named tokens (``image_token``, ...), read by its processor.
+    :param bos: prepended to every encoded text when not None (LLaVA's ``<s>``).
+    """
+    text, merges = _text_vocab()
+    reserved = [i for i in range(VOCAB) if not TEXT_IDS[0] <= i < TEXT_IDS[1]]
+    specials = {i: special.get(i, f"<|reserved_{i}|>") for i in reserved}
+    backend = Tokenizer(tokenizer_models.BPE(vocab={**text, **{t: i for i, t in specials.items()}}, merges=merges))
+    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials.values()])
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    if bos is not None:
+        backend.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A $B", special_tokens=[(bos, next(i for i, t in special.items() if t == bos))]
+        )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, padding_side="left", model_max_length=512, extra_special_tokens=named, **roles
+    )
+
+
+def _chat_template(image: str, video: str | None, style: str) -> str:
+    """A Jinja chat template: ChatML (``<|im_start|>role ... <|im_end|>``) or LLaVA 1.5's
+    ``USER: ... ASSISTANT:``; ``image`` / ``video`` is the text an image / video part becomes."""
+    part = "{% if c['type'] == 'image' %}" + image
+    if video is not None:
+        part += "{% elif c['type'] == 'video' %}" + video
+    part += "{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}"
+    content = "{% if m['content'] is string %}{{ m['content'] }}{% else %}{% for c in m['content'] %}" + part
+    content += "{% endfor %}{% endif %}"
+    if style == "chatml":
+        turn, prompt = "<|im_start|>{{ m['role'] }}\n" + content + "<|im_end|>\n", "<|im_start|>assistant\n"
+    else:
+        turn, prompt = "{{ m['role'].upper() }}: " + content + " ", "ASSISTANT:"
+    return "{% for m in messages %}" + turn + "{% endfor %}{% if add_generation_prompt %}" + prompt + "{% endif %}"
+
+
+_CHATML = {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}
+
+
+def _chatml_special(spec: TinySpec, placeholders: dict[str, int]) -> dict[int, str]:
+    """id -> token of a ChatML family: Qwen2's text specials plus the family's ``placeholders`` (token -> id)."""
+    chatml = {spec.pad_token_id: "<|endoftext|>", spec.eos_token_id: "<|im_end|>", IM_START: "<|im_start|>"}
+    return {**chatml, **{i: token for token, i in placeholders.items()}}
+
+
+def _video_processor(spec: TinySpec, class_name: str, **kwargs):
+    """The family's video processor; :class:`TinyProcessorUnavailable` without torchvision."""
+    try:
+        return getattr(transformers, class_name)(**kwargs)
+    except ImportError:
+        raise TinyProcessorUnavailable(
+            f"{spec.name}'s processor ({spec.processor_class}) needs a video processor ({class_name}), which "
+            f"transformers {transformers.__version__} builds only with torchvision, and torchvision is not installed"
+        ) from None
+
+
+def _qwen_processor(spec: TinySpec, config):
+    # Images keep their aspect ratio, resized to at most the synthetic image's area (24 x 32 px ->
+    # a 6 x 8 patch grid, 12 merged tokens) and at least 2 x 2 merged tokens.
+    v = config.vision_config
+    h, w = spec.image_hw
+    factor = v.patch_size * v.spatial_merge_size
+    sizes = dict(
+        patch_size=v.patch_size, temporal_patch_size=v.temporal_patch_size, merge_size=v.spatial_merge_size,
+        min_pixels=4 * factor**2, max_pixels=h * w,
+    )
+    image, video = "<|image_pad|>", "<|video_pad|>"
+    special = _chatml_special(spec, {
+        "<|vision_start|>": config.vision_start_token_id, "<|vision_end|>": config.vision_end_token_id,
+        image: config.image_token_id, video: config.video_token_id,
+    })
+    return dict(
+        image_processor=Qwen2VLImageProcessorPil(**sizes),
+        tokenizer=_tokenizer(special, _CHATML, {"image_token": image, "video_token": video}, None),
+        video_processor=_video_processor(spec, "Qwen2VLVideoProcessor", **sizes),
+        chat_template=_chat_template(
+            f"<|vision_start|>{image}<|vision_end|>", f"<|vision_start|>{video}<|vision_end|>", "chatml"
+        ),
+    )
+
+
+def _internvl_processor(spec: TinySpec, config):
+    # One tile per image (max_patches 1, no thumbnail), image_seq_length tokens per tile.
+    h, w = spec.image_hw
+    start, end, context, video = "<img>", "</img>", "<IMG_CONTEXT>", "<video>"
+    special = _chatml_special(spec, {
+        start: spec.image_start, end: spec.image_end, context: config.image_token_id, video: INTERNVL_VIDEO,
+    })
+    named = {"start_image_token": start, "end_image_token": end, "context_image_token": context, "video_token": video}
+    size = {"height": h, "width": w}
+    return dict(
+        image_processor=GotOcr2ImageProcessorPil(size=size, crop_to_patches=True, min_patches=1, max_patches=1),
+        tokenizer=_tokenizer(special, _CHATML, named, None),
+        video_processor=_video_processor(spec, "InternVLVideoProcessor", size=size),
+        image_seq_length=config.image_seq_length,
+        chat_template=_chat_template(f"{context}\n", f"{video}\n", "chatml"),
+    )
+
+
+def _llava_processor(spec: TinySpec, config):
+    # CLIP: shortest edge to the tower's image size, centre crop, one token a patch (CLS dropped
+    # by the "default" feature selection).
+    side = config.vision_config.image_size
+    special = {0: "<unk>", spec.bos_token_id: "<s>", spec.eos_token_id: "</s>", spec.pad_token_id: "<pad>",
+               config.image_token_index: "<image>"}
+    roles = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}
+    return dict(
+        image_processor=CLIPImageProcessorPil(size={"shortest_edge": side}, crop_size={"height": side, "width": side}),
+        tokenizer=_tokenizer(special, roles, {"image_token": "<image>"}, "<s>"),
+        patch_size=config.vision_config.patch_size, vision_feature_select_strategy=config.vision_feature_select_strategy,
+        num_additional_image_tokens=1, image_token="<image>", chat_template=_chat_template("<image>\n", None, "llava"),
+    )
+
+
+def _llava_onevision_processor(spec: TinySpec, config):
+    # anyres: the whole image at the tile size plus tiles of the best grid pinpoint.
+    v = config.vision_config
+    image, video = "<image>", "<video>"
+    special = _chatml_special(spec, {image: config.image_token_index, video: config.video_token_index})
+    tile = {"height": v.image_size, "width": v.image_size}
+    return dict(
+        image_processor=LlavaOnevisionImageProcessorPil(size=tile, image_grid_pinpoints=config.image_grid_pinpoints),
+        tokenizer=_tokenizer(special, _CHATML, {"image_token": image, "video_token": video}, None),
+        video_processor=_video_processor(spec, "LlavaOnevisionVideoProcessor", size=tile),
+        num_image_tokens=(v.image_size // v.patch_size) ** 2,
+        vision_feature_select_strategy=config.vision_feature_select_strategy,
+        vision_aspect_ratio=config.vision_aspect_ratio, image_token=image, video_token=video,
+        chat_template=_chat_template(f"{image}\n", f"{video}\n", "chatml"),
+    )
+
+
+# family -> the keyword arguments of its processor class, from (spec, config).
+_PROCESSOR_BUILDERS = {
+    "qwen2_vl": _qwen_processor,
+    "qwen2_5_vl": _qwen_processor,
+    "internvl": _internvl_processor,
+    "llava": _llava_processor,
+    "llava_onevision": _llava_onevision_processor,
+}
+
+
+def build_tiny_processor(name: str):
+    """The processor of the tiny model ``name``: the family's ``transformers`` processor class with
+    its image processor at the tiny sizes, a byte-level BPE tokenizer of exactly 512 ids whose
+    special tokens sit at the config's ids, and a chat template (ChatML; LLaVA 1.5's ``USER: ...
+    ASSISTANT:`` for ``tiny-llava``).
+
+    Text ids: byte ``b`` is ``b + 3``, ids [259, 500) are BPE merges of English words; the other
+    ids are the config's specials (placeholders, BOS / EOS / PAD, delimiters, ``<|im_start|>`` at
+    506) and ``<|reserved_{id}|>``, so every id a random model emits decodes. Pads on the left.
+    ``processor(...)`` gives the batch layout of :func:`tiny_batch` (same keys and placeholder
+    counts for an image of the family's size) and ``save_pretrained`` / ``AutoProcessor`` round-trip.
+
+    :raises ValueError: ``name`` is not in :data:`TINY_MODELS`.
+    :raises TinyProcessorUnavailable: the family's processor needs a video processor and torchvision
+        is not installed (every family but LLaVA, in transformers 5).
+    """
+    if not isinstance(name, str):
+        raise _unknown(name)
+    spec = tiny_spec(name)
+    return getattr(transformers, spec.processor_class)(**_PROCESSOR_BUILDERS[spec.family](spec, spec.config()))
+
+
+def tiny_processor(name: str):
+    """:func:`build_tiny_processor`, or None where this installation cannot build the family's
+    processor (:class:`TinyProcessorUnavailable`: no torchvision); the model then takes its inputs
+    from :func:`tiny_image_batch`."""
+    try:
+        return build_tiny_processor(name)
+    except TinyProcessorUnavailable:
+        return None
 
 
 # Batches.

@@ -5,11 +5,21 @@ ternary spike adds or subtracts) and integrates the steps with the code's weight
 rule. The result is the integer product of the encoded levels with that matrix, computed
 exactly: the accumulation dtype is chosen so that no partial sum exceeds the range where
 floating point holds every integer.
+
+Counting: SpikingJelly's op counters (``op_counter.SynOpCounter``, ``ACCounter`` and the energy
+models built on them) run as a ``TorchDispatchMode`` and take an operand of ``mm`` / ``bmm`` as
+spikes only when it is binary. While such a mode is active, each step's product is computed as
+``pos @ other - neg @ other`` on the two binary planes of the spikes
+(:func:`~spikemllm_sj.neurons.binary_planes`): the same exact integers, and each counter sees one
+accumulation per spike (+1 or -1) and fan-out. Otherwise it is one ``spikes[t] @ other``.
 """
 
 from __future__ import annotations
 
 import torch
+from torch.utils._python_dispatch import is_in_torch_dispatch_mode
+
+from .stats import binary_planes
 
 __all__ = ["exact_dtype", "spike_matmul"]
 
@@ -29,10 +39,19 @@ def spike_matmul(spikes: torch.Tensor, other: torch.Tensor, leak: int) -> torch.
     """``sum_t leak**(T-1-t) * (spikes[t] @ other)``: ``[T, ..., M, K] x [..., K, N] -> [..., M, N]``.
 
     ``spikes`` hold -1/0/+1 (or 0/1), ``other`` integer values; both in the accumulation dtype.
+    Under a (non-infrastructure) ``TorchDispatchMode``, each step runs on the binary planes (see
+    the module docstring).
     """
     if spikes.dim() < 3:
         raise ValueError(f"spikes must be [T, ..., M, K], got shape {tuple(spikes.shape)}")
-    acc = torch.matmul(spikes[0], other)
+    product = _planes_matmul if is_in_torch_dispatch_mode(include_infra_modes=False) else torch.matmul
+    acc = product(spikes[0], other)
     for s in spikes[1:]:
-        acc.mul_(leak).add_(torch.matmul(s, other))
+        acc.mul_(leak).add_(product(s, other))
     return acc
+
+
+def _planes_matmul(spikes: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """``spikes @ other`` as ``pos @ other - neg @ other``: both exact integers, so the same result."""
+    pos, neg = binary_planes(spikes)
+    return torch.matmul(pos, other).sub_(torch.matmul(neg, other))
