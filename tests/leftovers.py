@@ -8,6 +8,7 @@ process that created it.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 SHM = Path("/dev/shm")
@@ -17,7 +18,9 @@ SEGMENT_PREFIX = "psm_"  # multiprocessing.shared_memory's names (Lava's channel
 def process_group(pgid: int) -> list[int]:
     """Live (not zombie) processes whose process group is ``pgid``."""
     members = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    # Not Path.glob: it stats each match, and a process that exits in between raises ESRCH.
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        stat = Path("/proc") / pid / "stat"
         try:
             text = stat.read_text()
         except OSError:  # the process exited while we looked
