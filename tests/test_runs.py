@@ -222,6 +222,8 @@ def bad_arguments(tmp_path: Path) -> list:
     (others / "notes.txt").write_text("mine")
     (tmp_path / "bad.toml").write_text("[accelerator\n")
     missing = str(tmp_path / "missing.jsonl")
+    plan = tmp_path / "plan.json"
+    plan.write_text('[["vision", {"image": 2}]]')
     return [
         (["convert", "--out", str(a_file)], "argument --out: .*a_file is a file, not a folder", []),
         (["convert", "--out", str(a_file / "run")], "argument --out: .*a_file is a file, not a folder", []),
@@ -251,6 +253,9 @@ def bad_arguments(tmp_path: Path) -> list:
         (["convert", "--eval-data", missing], "argument --eval-data: .*missing.jsonl does not exist", []),
         (["convert", "--prompt", "no field"], "argument --prompt: prompt must hold {question} exactly once", []),
         (["convert", "--plan", missing], "argument --plan: .*missing.jsonl does not exist", []),
+        (["convert", "--plan", str(plan)], "--plan gives per-site steps and a MED budget chooses the steps", []),
+        (["eval", "--method", "RTN", "--act-clip", "1", "--weight-clip", "none", "--calibration-data", str(ROOT / "data" /
+          "eval_sample" / "sample.jsonl")], "given, but this configuration needs no calibration", []),
         (["convert", "--act-scales", "static"], "act_scales='static' is not supported with Hadamard", []),
         (["eval", "--out", str(a_file)], "argument --out: .*a_file is a file, not a folder", []),
         (["eval", "--data", missing], "argument --data: .*does not exist", []),
@@ -426,6 +431,15 @@ def test_a_conversion_below_the_fidelity_guard_is_status_4_and_says_so(tmp_path,
     assert "FIDELITY GUARD FAILED" in capsys.readouterr().err
     assert "**FIDELITY GUARD FAILED**" in (out / "report.md").read_text()
     assert main(["convert", "--out", str(out), *QUICK, "--no-save", "--weight-bits", "2", "--min-cosine", "none"]) == 0
+
+
+def test_a_med_schedule_below_the_fidelity_guard_ends_convert_with_status_4(tmp_path, capsys):
+    argv = ["convert", *TINY, "--method", "RTN", "--act-clip", "1", "--weight-clip", "none", "--lava-layer", "none",
+            "--new-tokens", "1", "--no-save", "--min-cosine", "1", "--out", str(tmp_path / "run")]
+    assert main(argv) == options.EXIT_LOW_FIDELITY
+    err = capsys.readouterr().err
+    assert "spikemllm convert: FIDELITY GUARD FAILED: MED: the best schedule within the budget of 3.3" in err
+    assert not (tmp_path / "run").exists() and leftovers(tmp_path / "run") == []
 
 
 def test_med_refuses_a_schedule_below_the_fidelity_guard():

@@ -13,7 +13,7 @@ from spikemllm_sj.ann2snn.calibration import Calibration, calibrate
 from spikemllm_sj.config import SpikeConfig
 from spikemllm_sj.data.records import read_records
 from spikemllm_sj.models.inputs import encode
-from spikemllm_sj.models.loading import EASYVQA_LLAVA
+from spikemllm_sj.models.loading import EASYVQA_LLAVA, ModelLoadError
 
 __all__ = [
     "SAMPLE_DATA",
@@ -27,6 +27,8 @@ __all__ = [
     "shown",
     "record_batches",
     "require_calibration_data",
+    "require_calibration_use",
+    "CALIBRATION_BATCH",
     "calibration_for",
     "Conversion",
     "convert_compare_report",
@@ -36,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SAMPLE_DATA = ROOT / "data" / "eval_sample" / "sample.jsonl"
 EXAMPLE_IMAGE = ROOT / "examples" / "assets" / "shapes.png"
 QUESTIONS = ("What colour is the circle?", "Which shape is blue?")
+CALIBRATION_BATCH = 8  # calibration records per forward where a command has no --batch-size
 VQA_PROMPT = "{question}\nAnswer the question using a single word or phrase."  # as VQA tasks ask for short answers
 
 
@@ -52,7 +55,6 @@ def check_prompt(prompt: str) -> str:
     if filled.count("\0") != 1:
         raise ValueError(f"prompt must hold {{question}} exactly once, got {prompt!r}")
     return prompt
-
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,10 @@ def inputs_for(model: str) -> ModelInputs:
     if model == EASYVQA_LLAVA:
         from spikemllm_sj.data.easyvqa import records_file
 
-        evaluation = records_file("test", 50)
+        try:
+            evaluation = records_file("test", 50)
+        except ModuleNotFoundError as error:
+            raise ModelLoadError(f"{EASYVQA_LLAVA} needs the real weights and easy-VQA: run `make weights` ({error})") from None
         records, _ = read_records(evaluation)
         return ModelInputs(records_file("train", 32), evaluation,
                            tuple((Path(r.image_path), r.question) for r in records[:4]), "{question}")
@@ -118,7 +123,18 @@ def require_calibration_data(config: SpikeConfig, data) -> None:
     """Refuse a configuration that needs calibration records (static scales, SmoothQuant, GPTQ)
     without them, before any work."""
     if config.needs_calibration and data is None:
-        raise ValueError("this configuration (static scales, SmoothQuant or GPTQ) needs calibration records: give a JSONL of them")
+        reasons = [name for name, needed in (("static scales", config.act_scales == "static"),
+                                            ("GPTQ", config.weight_method == "gptq"),
+                                            ("the clip search", config.act_clip == "search"),
+                                            (config.method.name, config.method.needs_calibration)) if needed]
+        raise ValueError(f"this configuration needs calibration records ({', '.join(reasons)}): give a JSONL of them")
+
+
+def require_calibration_use(config: SpikeConfig, data) -> None:
+    """Refuse calibration records given for a configuration that needs none (they would be ignored)."""
+    if data is not None and not config.needs_calibration:
+        raise ValueError(f"calibration data {shown(data)} given, but this configuration needs no calibration (dynamic "
+                         "scales, no clip search, no GPTQ): leave it out")
 
 
 def calibration_for(

@@ -58,7 +58,7 @@ from spikemllm_sj.commands.report import format_summary, render_report
 from spikemllm_sj.commands.run_folder import check_run_folder, run_folder
 from spikemllm_sj.config import RECOMMENDED, SpikeConfig
 from spikemllm_sj.integrations.serialization import save_spiking
-from spikemllm_sj.med.analysis import MEDConfig, scheduled_config
+from spikemllm_sj.med.analysis import LowFidelityError, MEDConfig, scheduled_config
 from spikemllm_sj.med.schedule import check_budget
 from spikemllm_sj.models.inputs import decode, encode, model_label, read_image
 from spikemllm_sj.models.loading import BUILTIN_MODELS, EASYVQA_LLAVA, ModelLoadError, load_model
@@ -124,7 +124,7 @@ def _fidelity(run, min_cosine: Optional[float]) -> dict:
         "logit_cosine": cosine,
         "top1_agreement": run.top1_agreement(),
         "new_tokens_equal_to_float": None if same is None else float(same.float().mean()),
-        "guard": {"min_cosine": min_cosine, "passed": min_cosine is None or cosine >= min_cosine},
+        "guard": {"min_cosine": min_cosine, "passed": min_cosine is None or cosine >= min_cosine},  # NaN fails
     }
 
 
@@ -166,6 +166,9 @@ def _check_arguments(
     check_prompt(inputs.prompt)
     if med_budget is not None:
         check_budget(med_budget, MEDConfig().candidates)
+        if config.plan.overrides:
+            raise ValueError("--plan gives per-site steps and a MED budget chooses the steps: give one or the other "
+                             "(--med-budget none with --plan)")
         if inputs.calibration is None:
             raise ValueError("the MED schedule needs calibration records: give a JSONL of them, or no MED budget")
     require_calibration_data(config, inputs.calibration)
@@ -301,7 +304,7 @@ def _run(
         "ops": _ops(report),
         "lava": lava,
         "saved_model": saved,
-        "timings_s": {**stage.seconds, "total": sum(stage.seconds.values())},
+        "timings_s": {**stage.seconds, "stages": sum(stage.seconds.values())},
     }
     _write(partial, summary, report, activity, energy, evaluation)
     return summary
@@ -367,8 +370,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "convert",
         help="the whole job: calibrate, schedule the steps with MED, convert, compare with the float model and the "
         "fake-quant twin, generate, score, op and energy report, one layer on Lava, plots and report.md",
-        epilog=options.epilog("the spiking model's logits or tokens differ from its fake-quant twin's, or the Lava layer "
-                              "from PyTorch", low_fidelity=True),
+        epilog=options.epilog("the spiking model's logits or tokens (compared or scored rows) differ from its fake-quant "
+                              "twin's, or the Lava layer from PyTorch", low_fidelity=True),
     )
     options.add_model(parser)
     parser.add_argument(
@@ -454,6 +457,9 @@ def run(args: argparse.Namespace) -> int:
             min_cosine=args.min_cosine, save_model=not args.no_save, batch_size=args.batch_size, seed=args.seed,
             dtype=getattr(torch, args.dtype),
         )
+    except LowFidelityError as error:
+        print(f"spikemllm convert: FIDELITY GUARD FAILED: {error}", file=sys.stderr)
+        return options.EXIT_LOW_FIDELITY
     except (ValueError, TypeError, ModelLoadError, FileNotFoundError) as error:
         return options.fail("convert", error)
     if args.json:
@@ -462,12 +468,15 @@ def run(args: argparse.Namespace) -> int:
         print(format_summary(result))
         print(f"\nreport: {Path(args.out) / 'report.md'} (plots and JSON beside it); "
               f"command wall time {time.perf_counter() - start:.1f} s")
-    if not result["fidelity"]["spike_equals_twin"] or not result["lava"].get("exact", True):
-        return options.EXIT_INEXACT
-    if not result["fidelity"]["guard"]["passed"]:
+    guard_passed = result["fidelity"]["guard"]["passed"]
+    if not guard_passed:
         print(low_fidelity_message(result["fidelity"]), file=sys.stderr)
-        return options.EXIT_LOW_FIDELITY
-    return options.EXIT_OK
+    scored = result["evaluation"]
+    exact = result["fidelity"]["spike_equals_twin"] and result["lava"].get("exact", True) and (
+        scored is None or scored["spike_equals_twin"])
+    if not exact:
+        return options.EXIT_INEXACT
+    return options.EXIT_OK if guard_passed else options.EXIT_LOW_FIDELITY
 
 
 def low_fidelity_message(fidelity: dict) -> str:

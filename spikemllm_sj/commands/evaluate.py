@@ -31,6 +31,7 @@ from spikemllm_sj.commands.common import (
     chunks,
     inputs_for,
     require_calibration_data,
+    require_calibration_use,
     shown,
 )
 from spikemllm_sj.commands.run_folder import write_file
@@ -112,7 +113,10 @@ class EvalResult:
         cal = self.calibration
         lines = [
             f"{self.model} on {self.data}: {len(self.records)} records evaluated, {len(self.problems)} lines left out",
-            f"prompt {self.prompt!r}; " + (f"calibrated on {cal['records']} records of {cal['path']}" if cal else "no calibration"),
+            f"prompt {self.prompt!r}; " + (f"calibrated on {cal['records']} records of {cal['path']}"
+                                           + (" (the scored records themselves: give --calibration-data other records "
+                                              "for an unbiased score)" if cal["path"] == self.data else "")
+                                           if cal else "no calibration"),
             "",
             "| model | correct | accuracy |",
             "|---|---:|---:|",
@@ -218,6 +222,7 @@ def evaluate(
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     config = config or RECOMMENDED
+    require_calibration_use(config, calibration_data)
     if (calibration_data is None and config.needs_calibration) or prompt is None:
         defaults = inputs_for(model_name)
         calibration_data = defaults.calibration if calibration_data is None and config.needs_calibration else calibration_data

@@ -5,25 +5,22 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from spikemllm_sj.analysis.fidelity import VARIANTS, ThreeWay, convert_and_compare
 from spikemllm_sj.commands import options
-from spikemllm_sj.commands.common import calibration_for, inputs_for
+from spikemllm_sj.commands.common import CALIBRATION_BATCH, calibration_for, inputs_for, require_calibration_use
 from spikemllm_sj.models.inputs import decode, encode, model_label, read_image
 from spikemllm_sj.models.loading import EASYVQA_LLAVA, ModelLoadError, load_model
 from spikemllm_sj.models.tiny import TINY_MODELS, visual_token_ids
 
 __all__ = ["ExampleRun", "example_parser", "answer_three_ways", "print_run"]
 
-ASSETS = Path(__file__).resolve().parents[2] / "examples" / "assets"
-
 
 @dataclass(frozen=True)
 class ExampleRun:
-    """The model (converted, spike mode), its processor (None for tiny models), the inputs and
+    """The model (converted, spike mode), its processor (None where none can be built), the inputs and
     the three runs; ``answers`` per variant (``float``, ``fake_quant``, ``spike``)."""
 
     name: str
@@ -68,13 +65,15 @@ def answer_three_ways(args: argparse.Namespace) -> ExampleRun:
     """
     try:
         config = options.spike_config(args)
+        require_calibration_use(config, args.calibration_data)
         bundled = inputs_for(args.model)
-        row_image, row_question = bundled.rows[0] if args.model == EASYVQA_LLAVA else (ASSETS / "shapes.png", "What colour is the circle?")
+        row_image, row_question = bundled.rows[0]
         args.image = args.image or str(row_image)
         args.question = args.question or row_question
         image = read_image(args.image)
         model, processor = load_model(args.model, dtype=getattr(torch, args.dtype))
-        calibration, _ = calibration_for(model, processor, config, args.calibration_data or bundled.calibration, 8, False)
+        calibration, _ = calibration_for(model, processor, config, args.calibration_data or bundled.calibration,
+                                         CALIBRATION_BATCH, False)
     except (ValueError, ModelLoadError, FileNotFoundError) as error:
         raise SystemExit(f"error: {error}") from None
     batch = encode(model, processor, [image], [args.question])
@@ -85,9 +84,10 @@ def answer_three_ways(args: argparse.Namespace) -> ExampleRun:
 
 
 def print_run(result: ExampleRun, question: str) -> int:
-    """Print the answers and the checks; the status: 0 when the spiking model equals its twin bit
-    for bit and its logit cosine to the float model passes the fidelity guard, 1 when it differs
-    from its twin, :data:`~spikemllm_sj.commands.options.EXIT_LOW_FIDELITY` when it fails the guard."""
+    """Print the answers and the checks; the status, as the commands': 0 when the spiking model
+    equals its twin bit for bit and its logit cosine to the float model passes the fidelity guard
+    (the default ``--min-cosine`` of ``spikemllm convert``), :data:`~spikemllm_sj.commands.options.EXIT_INEXACT`
+    when it differs from its twin, :data:`~spikemllm_sj.commands.options.EXIT_LOW_FIDELITY` when it fails the guard."""
     label = model_label(result.model)
     exact = result.run.spike_equals_twin()
     print(f"question: {question!r} ({result.visual_tokens} image tokens, {int(result.batch['attention_mask'].sum())} in all)")
@@ -99,8 +99,8 @@ def print_run(result: ExampleRun, question: str) -> int:
     if result.name in TINY_MODELS:
         print("(tiny model with random weights: the answers are noise; the checks are the point)")
     if not exact:
-        return 1
-    if cosine < options.DEFAULT_MIN_COSINE:
+        return options.EXIT_INEXACT
+    if not cosine >= options.DEFAULT_MIN_COSINE:  # NaN fails too
         print(f"FIDELITY GUARD FAILED: logit cosine {cosine:.4f} < {options.DEFAULT_MIN_COSINE}: the spiking answers are not the "
               "model's (see docs/fidelity.md for configurations that hold)")
         return options.EXIT_LOW_FIDELITY

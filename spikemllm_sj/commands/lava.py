@@ -18,7 +18,13 @@ import torch
 from spikemllm_sj.analysis import accelerator
 from spikemllm_sj.ann2snn.adapters import adapter_for
 from spikemllm_sj.commands import options
-from spikemllm_sj.commands.common import calibration_for, convert_compare_report, inputs_for
+from spikemllm_sj.commands.common import (
+    CALIBRATION_BATCH,
+    calibration_for,
+    convert_compare_report,
+    inputs_for,
+    require_calibration_use,
+)
 from spikemllm_sj.models.inputs import encode, read_image
 from spikemllm_sj.models.loading import ModelLoadError, load_model
 from spikemllm_sj.models.tiny import TINY_MODELS, tiny_batch
@@ -100,7 +106,9 @@ def run(args: argparse.Namespace) -> int:
             batch = tiny_batch(model, batch_size=2, seed=args.seed)
         else:
             batch = encode(model, processor, [read_image(i) for i, _ in inputs.rows], [q for _, q in inputs.rows])
-        calibration, _ = calibration_for(model, processor, config, args.calibration_data or inputs.calibration, 8, False)
+        require_calibration_use(config, args.calibration_data)
+        calibration, _ = calibration_for(model, processor, config, args.calibration_data or inputs.calibration,
+                                         CALIBRATION_BATCH, False)
     except (ValueError, TypeError, ModelLoadError, FileNotFoundError) as error:
         return options.fail("lava", error)
     done = convert_compare_report(model, batch, config, calibration, new_tokens=1)

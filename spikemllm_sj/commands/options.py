@@ -45,6 +45,7 @@ __all__ = [
     "add_seed",
     "spike_config",
     "config_from_mapping",
+    "config_flags",
     "steps_given",
 ]
 
@@ -228,9 +229,11 @@ def add_config(parser: argparse.ArgumentParser, steps: bool = True, dtype: bool 
 
 def _add_steps(group) -> None:
     group.add_argument("--steps-text", type=positive_int, default=None, metavar="TT",
-                       help=f"TC-LIF time steps of text tokens, Tt (default {DEFAULT_STEPS['text']})")
+                       help=f"TC-LIF time steps of text tokens, Tt (default {DEFAULT_STEPS['text']}; convert: chosen "
+                            "by MED unless given)")
     group.add_argument("--steps-image", type=positive_int, default=None, metavar="TV",
-                       help=f"time steps of image and video tokens, Tv (default {DEFAULT_STEPS['image']})")
+                       help=f"time steps of image and video tokens, Tv (default {DEFAULT_STEPS['image']}; convert: chosen "
+                            "by MED unless given)")
 
 
 def _add_quantization(group) -> None:
@@ -294,6 +297,27 @@ def spike_config(args: argparse.Namespace) -> SpikeConfig:
         weight_clip=args.weight_clip, act_scales=args.act_scales, act_clip=args.act_clip, kv_bits=args.kv_bits,
         kv_clip=args.kv_clip, prob_bits=args.prob_bits, convert_lm_head=args.convert_lm_head, plan=args.plan,
     )
+
+
+def config_flags(config: SpikeConfig) -> list[str]:
+    """The conversion options (:func:`add_config`, steps left out) that give ``config`` where it
+    differs from the defaults: ``spike_config(parse(flags))`` is ``config`` (steps and plan aside).
+    """
+    flags = []
+    if config.method.name != DEFAULTS.method.name or config.method != DEFAULTS.method:
+        flags += ["--method", config.method.name]
+        baseline = DEFAULTS.method if config.method.name == DEFAULTS.method.name else type(config.method)()
+        defaults = _method_options(baseline)  # what spike_config starts from for this method
+        for k, v in _method_options(config.method).items():
+            if defaults.get(k, object()) != v:
+                flags += ["--method-option", f"{k}={json.dumps(v)}"]
+    for field in ("weight_method", "weight_bits", "weight_clip", "act_scales", "act_clip", "kv_bits", "kv_clip", "prob_bits"):
+        value = getattr(config, field)
+        if value != getattr(DEFAULTS, field):
+            flags += [f"--{field.replace('_', '-')}", str(value)]
+    if config.convert_lm_head:
+        flags.append("--convert-lm-head")
+    return flags
 
 
 def _method_options(method) -> dict:

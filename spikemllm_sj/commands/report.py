@@ -14,6 +14,7 @@ from pathlib import Path
 
 from spikemllm_sj.analysis.plots import plot_run
 from spikemllm_sj.commands import options
+from spikemllm_sj.models.loading import EASYVQA_LLAVA
 from spikemllm_sj.neurons import MSTSConfig
 
 __all__ = ["render_report", "format_summary", "add_parser", "run"]
@@ -133,7 +134,7 @@ def _ops_and_energy(run: dict, energy: dict) -> list[str]:
         "count, power and GPU efficiency are fitted so that the Qwen2-VL-7B preset reproduces the paper's 9.06x / "
         "25.8x (`accelerator_params.toml`); per-site rows in [`energy.md`](energy.md))"
         + (f". `{run['model']}` is a {'random ' if tiny else ''}toy-sized model: its tokens/s say how fast the modelled "
-           "chip would run this small network, not what it does on a real MLLM" if tiny or run["model"] == "easyvqa-llava" else "")
+           "chip would run this small network, not what it does on a real MLLM" if tiny or run["model"] == EASYVQA_LLAVA else "")
         + ":",
         "",
         "| device (modelled) | tokens/s | power (W) | energy per token (J) |",
@@ -208,6 +209,9 @@ def _read_run(folder: Path) -> tuple[dict, dict, dict]:
     if missing:
         raise FileNotFoundError(f"{folder} is not a run folder of `spikemllm convert`: missing {', '.join(missing)}")
     run, activity, energy = (json.loads((folder / name).read_text()) for name in REQUIRED)
+    if "guard" not in run.get("fidelity", {}) or "rows" not in run.get("inputs", {}):
+        raise ValueError(f"{folder / 'run.json'} was written by an older spikemllm-sj (no fidelity guard or compared rows): "
+                         "run `spikemllm convert` again")
     if "comparison" not in energy and "error" not in energy:
         raise ValueError(f"{folder / 'energy.json'} holds neither a comparison nor an error")
     return run, activity, energy

@@ -401,8 +401,8 @@ def baselines(study: MEDStudy, rows: list[dict], over: Over = "tokens") -> list[
     ]
 
 
-class LowFidelityError(ValueError):
-    """No schedule within the budget reaches the required fidelity."""
+class LowFidelityError(RuntimeError):
+    """No schedule within the budget reaches the required fidelity (a finding, not a bad argument)."""
 
 
 def scheduled_config(
@@ -426,10 +426,13 @@ def scheduled_config(
     :raises LowFidelityError: the chosen schedule is below ``min_cosine``.
     """
     check_budget(budget, MEDConfig().candidates)  # before the analysis, which takes a while
+    if config.plan.overrides:
+        raise ValueError("a configuration with a per-site plan cannot be scheduled: MED probes whole-model steps per "
+                         "modality and would measure a model without the plan; give the plan or a MED budget")
     study = analyze(copy.deepcopy(model), batches, config, calibration=calibration, progress=progress)
     chosen = study.schedule(budget=budget)
     measured = chosen.chosen.measured
-    if min_cosine is not None and measured is not None and measured < min_cosine:
+    if min_cosine is not None and measured is not None and not measured >= min_cosine:  # NaN fails too
         raise LowFidelityError(
             f"MED: the best schedule within the budget of {budget:g} steps per token ({chosen.steps}) has a logit "
             f"cosine of {measured:.4f} to FP32 on the calibration batches, below the fidelity guard's {min_cosine:g}; "
