@@ -144,7 +144,7 @@ def test_a_rerun_without_saving_leaves_no_old_model_or_eval_behind(previous_run,
 # partial folder behind.
 STAGES = [
     ("spikemllm_sj.commands.convert", "load_model", []),
-    ("spikemllm_sj.commands.convert", "calibration_for", [pytest.mark.slow]),
+    ("spikemllm_sj.commands.convert", "calibrate", [pytest.mark.slow]),
     ("spikemllm_sj.commands.convert", "convert_and_compare", [pytest.mark.slow]),
     ("spikemllm_sj.commands.convert", "op_report", [pytest.mark.slow]),
     ("spikemllm_sj.commands.convert", "record_activity", [pytest.mark.slow]),
@@ -199,7 +199,7 @@ class Work:
 
     def __init__(self, monkeypatch):
         self.calls = []
-        for module, name in [(convert, "load_model"), (convert, "calibration_for"), (evaluate, "load_model"),
+        for module, name in [(convert, "load_model"), (convert, "calibrate"), (evaluate, "load_model"),
                              (lava, "load_model"), (lava, "convert_compare_report"), (med, "build_tiny_model"),
                              (demo, "run_demo")]:
             real = getattr(module, name)
@@ -344,7 +344,7 @@ def test_an_unexpected_error_is_not_a_usage_error(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(convert, "calibration_for", broken)
+    monkeypatch.setattr(convert, "convert_and_compare", broken)
     with pytest.raises(RuntimeError, match="a bug"):
         main(["convert", "--out", str(tmp_path / "run"), *QUICK])
     assert not (tmp_path / "run").exists() and leftovers(tmp_path / "run") == []

@@ -12,7 +12,7 @@ from spikemllm_sj.analysis.op_report import OpReport, op_report
 from spikemllm_sj.ann2snn.calibration import Calibration, calibrate
 from spikemllm_sj.config import SpikeConfig
 from spikemllm_sj.data.records import read_records
-from spikemllm_sj.models.inputs import encode
+from spikemllm_sj.models.inputs import encode, read_image
 from spikemllm_sj.models.loading import EASYVQA_LLAVA, ModelLoadError
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "check_prompt",
     "ModelInputs",
     "inputs_for",
+    "encode_rows",
     "chunks",
     "shown",
     "record_batches",
@@ -91,6 +92,11 @@ def inputs_for(model: str) -> ModelInputs:
         return ModelInputs(records_file("train", 32), evaluation,
                            tuple((Path(r.image_path), r.question) for r in records[:4]), "{question}")
     return ModelInputs(SAMPLE_DATA, None, tuple((EXAMPLE_IMAGE, q) for q in QUESTIONS), VQA_PROMPT)
+
+
+def encode_rows(model, processor, rows: Sequence[tuple]) -> dict:
+    """Forward kwargs of ``(image path, question)`` rows (:func:`~spikemllm_sj.models.inputs.encode`)."""
+    return encode(model, processor, [read_image(image) for image, _ in rows], [question for _, question in rows])
 
 
 def chunks(items: Sequence, size: int) -> list:

@@ -41,13 +41,14 @@ from spikemllm_sj.analysis.activity import record_activity
 from spikemllm_sj.analysis.fidelity import VARIANTS, compare_converted, convert_and_compare
 from spikemllm_sj.analysis.op_report import OpReport, op_report
 from spikemllm_sj.ann2snn.adapters import adapter_for
+from spikemllm_sj.ann2snn.calibration import calibrate
 from spikemllm_sj.commands import options
 from spikemllm_sj.commands.common import (
     EXAMPLE_IMAGE,
     QUESTIONS,
     ModelInputs,
-    calibration_for,
     check_prompt,
+    encode_rows,
     inputs_for,
     record_batches,
     require_calibration_data,
@@ -60,7 +61,7 @@ from spikemllm_sj.config import RECOMMENDED, SpikeConfig
 from spikemllm_sj.integrations.serialization import save_spiking
 from spikemllm_sj.med.analysis import LowFidelityError, MEDConfig, scheduled_config
 from spikemllm_sj.med.schedule import check_budget
-from spikemllm_sj.models.inputs import decode, encode, model_label, read_image
+from spikemllm_sj.models.inputs import decode, model_label, read_image
 from spikemllm_sj.models.loading import BUILTIN_MODELS, EASYVQA_LLAVA, ModelLoadError, load_model
 
 __all__ = ["run_convert", "add_parser", "run"]
@@ -251,17 +252,20 @@ def _run(
     with stage("load"):
         net, processor = load_model(model, seed=seed, dtype=dtype)
         layer = _lava_layer(net, lava_layer, config, model in BUILTIN_MODELS)
-        rows = encode(net, processor, [read_image(image) for image, _ in inputs.rows], [q for _, q in inputs.rows])
+        rows = encode_rows(net, processor, inputs.rows)
         scored = None if inputs.evaluation is None else eval_inputs(net, processor, inputs.evaluation, inputs.prompt, batch_size)
     with stage("calibrate"):
-        calibration, calibrated_on = calibration_for(net, processor, config, inputs.calibration, batch_size, progress)
+        # The calibration records, encoded once for the calibration and the MED step.
+        batches, about = record_batches(net, processor, inputs.calibration, batch_size) \
+            if config.needs_calibration or med_budget is not None else (None, None)
+        calibration = calibrate(net, batches, config, progress=progress) if config.needs_calibration else None
+        calibrated_on = about if calibration is not None else None
     med = None
     compared = [rows, *(scored.batches if scored else ())]
     logits = [True] + [False] * (len(compared) - 1)  # the scored batches' answers only
     if med_budget is not None:
         # MED measures a converted copy; with the chosen steps it is the spiking model (one conversion).
         with stage("convert + MED schedule"):
-            batches, _ = record_batches(net, processor, inputs.calibration, batch_size)
             config, med, snn = scheduled_config(net, batches[:MED_BATCHES], config, calibration, med_budget, min_cosine,
                                                 progress)
         with stage("compare + generate"):
@@ -458,7 +462,7 @@ def run(args: argparse.Namespace) -> int:
             dtype=getattr(torch, args.dtype),
         )
     except LowFidelityError as error:
-        print(f"spikemllm convert: FIDELITY GUARD FAILED: {error}", file=sys.stderr)
+        print(f"spikemllm convert: {options.GUARD_FAILED}: {error}", file=sys.stderr)
         return options.EXIT_LOW_FIDELITY
     except (ValueError, TypeError, ModelLoadError, FileNotFoundError) as error:
         return options.fail("convert", error)
@@ -470,17 +474,12 @@ def run(args: argparse.Namespace) -> int:
               f"command wall time {time.perf_counter() - start:.1f} s")
     guard_passed = result["fidelity"]["guard"]["passed"]
     if not guard_passed:
-        print(low_fidelity_message(result["fidelity"]), file=sys.stderr)
+        fidelity = result["fidelity"]
+        print(f"{options.GUARD_FAILED}: {options.guard_failure(fidelity['logit_cosine'], fidelity['guard']['min_cosine'])}",
+              file=sys.stderr)
     scored = result["evaluation"]
     exact = result["fidelity"]["spike_equals_twin"] and result["lava"].get("exact", True) and (
         scored is None or scored["spike_equals_twin"])
     if not exact:
         return options.EXIT_INEXACT
     return options.EXIT_OK if guard_passed else options.EXIT_LOW_FIDELITY
-
-
-def low_fidelity_message(fidelity: dict) -> str:
-    """The fidelity guard's failure, in one line for the terminal and the report."""
-    return (f"FIDELITY GUARD FAILED: the spiking model's logit cosine to the float model is {fidelity['logit_cosine']:.4f}, "
-            f"below --min-cosine {fidelity['guard']['min_cosine']:g}: its outputs are not those of the model; try a "
-            "rotation and clipping (the defaults), more steps, or more weight bits (docs/fidelity.md)")

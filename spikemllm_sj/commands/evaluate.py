@@ -157,15 +157,15 @@ def readable_records(data: str | Path) -> tuple[tuple[Record, ...], tuple[Proble
     return tuple(records), tuple(problems)
 
 
-def eval_inputs(model, processor, data: str | Path, prompt: str, batch_size: int, records=None) -> EvalInputs:
-    """Encode the readable records of the JSONL ``data`` (:func:`readable_records`, or the
-    ``(records, problems)`` given) for ``model`` in batches of ``batch_size``, each question put
-    into ``prompt``.
+def eval_inputs(model, processor, data: str | Path, prompt: str, batch_size: int, readable=None) -> EvalInputs:
+    """Encode the readable records of the JSONL ``data`` (``readable``: its
+    :func:`readable_records` if already read) for ``model`` in batches of ``batch_size``, each
+    question put into ``prompt``.
 
     :raises ValueError: no readable record, or a bad prompt template.
     """
     check_prompt(prompt)
-    records, problems = readable_records(data) if records is None else records
+    records, problems = readable_records(data) if readable is None else readable
     batches = tuple(encode(model, processor, [r.image for r in c], [prompt.format(question=r.question) for r in c])
                     for c in chunks(records, batch_size))
     return EvalInputs(Path(data), records, problems, batches, prompt, batch_size)
@@ -223,15 +223,15 @@ def evaluate(
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     config = config or RECOMMENDED
     require_calibration_use(config, calibration_data)
-    if (calibration_data is None and config.needs_calibration) or prompt is None:
-        defaults = inputs_for(model_name)
-        calibration_data = defaults.calibration if calibration_data is None and config.needs_calibration else calibration_data
-        prompt = defaults.prompt if prompt is None else prompt
+    defaults = inputs_for(model_name)
+    if calibration_data is None and config.needs_calibration:
+        calibration_data = defaults.calibration
+    prompt = defaults.prompt if prompt is None else prompt
     check_prompt(prompt)
     require_calibration_data(config, calibration_data)
-    records = readable_records(data)  # before the model loads: a file without records is a usage error
+    readable = readable_records(data)  # before the model loads: a file without records is a usage error
     model, processor = load_model(model_name, seed=seed, dtype=dtype)
-    inputs = eval_inputs(model, processor, data, prompt, batch_size, records)
+    inputs = eval_inputs(model, processor, data, prompt, batch_size, readable)
     calibration, calibrated_on = calibration_for(model, processor, config, calibration_data, batch_size, progress)
     label = model_label(model)
     runs = convert_and_compare(model, inputs.batches, max_new_tokens, config, calibration, logits=False, progress=progress)

@@ -101,7 +101,6 @@ def print_run(result: ExampleRun, question: str) -> int:
     if not exact:
         return options.EXIT_INEXACT
     if not cosine >= options.DEFAULT_MIN_COSINE:  # NaN fails too
-        print(f"FIDELITY GUARD FAILED: logit cosine {cosine:.4f} < {options.DEFAULT_MIN_COSINE}: the spiking answers are not the "
-              "model's (see docs/fidelity.md for configurations that hold)")
+        print(f"{options.GUARD_FAILED}: {options.guard_failure(cosine, options.DEFAULT_MIN_COSINE, label)}")
         return options.EXIT_LOW_FIDELITY
     return 0

@@ -22,10 +22,10 @@ from spikemllm_sj.commands.common import (
     CALIBRATION_BATCH,
     calibration_for,
     convert_compare_report,
+    encode_rows,
     inputs_for,
     require_calibration_use,
 )
-from spikemllm_sj.models.inputs import encode, read_image
 from spikemllm_sj.models.loading import ModelLoadError, load_model
 from spikemllm_sj.models.tiny import TINY_MODELS, tiny_batch
 
@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
         if args.tiny_batch:
             batch = tiny_batch(model, batch_size=2, seed=args.seed)
         else:
-            batch = encode(model, processor, [read_image(i) for i, _ in inputs.rows], [q for _, q in inputs.rows])
+            batch = encode_rows(model, processor, inputs.rows)
         require_calibration_use(config, args.calibration_data)
         calibration, _ = calibration_for(model, processor, config, args.calibration_data or inputs.calibration,
                                          CALIBRATION_BATCH, False)

@@ -15,15 +15,13 @@ from typing import Optional, Sequence
 
 from spikemllm_sj.ann2snn.calibration import calibrate
 from spikemllm_sj.commands import options
-from spikemllm_sj.commands.common import chunks, inputs_for
+from spikemllm_sj.commands.common import inputs_for, record_batches
 from spikemllm_sj.commands.run_folder import run_folder
 from spikemllm_sj.config import RECOMMENDED, SpikeConfig
-from spikemllm_sj.data.records import read_records
 from spikemllm_sj.med.analysis import MEDConfig, MEDStudy, Over, analyze, baselines, compare
 from spikemllm_sj.med.plots import plot_med
 from spikemllm_sj.med.schedule import check_budget, explain
 from spikemllm_sj.med.steps import ALL
-from spikemllm_sj.models.inputs import encode
 from spikemllm_sj.models.loading import BUILTIN_MODELS, load_model
 from spikemllm_sj.models.tiny import TINY_MODELS, build_tiny_model, tiny_batch, tiny_spec, tiny_video_batch
 
@@ -43,16 +41,16 @@ def tiny_batches(model, count: int, seed: int) -> list[dict]:
 
 
 def first_record_batches(model, processor, data, count: int) -> list[dict]:
-    """The first ``count`` batches of :data:`BATCH_SIZE` records of the JSONL ``data``.
+    """The first ``count`` batches of :data:`BATCH_SIZE` records of the JSONL ``data``
+    (:func:`~spikemllm_sj.commands.common.record_batches`).
 
     :raises ValueError: ``data`` has fewer records than ``count`` batches need.
     """
-    records, _ = read_records(data)
-    if len(records) < count * BATCH_SIZE:
-        raise ValueError(f"{data} has {len(records)} readable records; {count} batches of {BATCH_SIZE} need "
+    batches, about = record_batches(model, processor, data, BATCH_SIZE)
+    if about["records"] < count * BATCH_SIZE:
+        raise ValueError(f"{data} has {about['records']} readable records; {count} batches of {BATCH_SIZE} need "
                          f"{count * BATCH_SIZE}")
-    return [encode(model, processor, [r.image for r in c], [r.question for r in c])
-            for c in chunks(records[: count * BATCH_SIZE], BATCH_SIZE)]
+    return batches[:count]
 
 
 def _model_and_batches(model_name: str, seed: int, calibration_batches: int, holdout_batches: int):

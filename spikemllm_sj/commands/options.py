@@ -31,6 +31,9 @@ __all__ = [
     "EXIT_USAGE",
     "EXIT_INEXACT",
     "EXIT_LOW_FIDELITY",
+    "DEFAULT_MIN_COSINE",
+    "GUARD_FAILED",
+    "guard_failure",
     "MODEL_HELP",
     "Parser",
     "epilog",
@@ -59,6 +62,15 @@ EXIT_ERROR = 1  # an unexpected error: Python's status for an uncaught exception
 EXIT_USAGE = 2  # a bad argument or input, said in one line before any work (argparse's status)
 EXIT_INEXACT = 3  # the run finished, and the spiking model differs from its fake-quant twin or Lava from PyTorch
 EXIT_LOW_FIDELITY = 4  # the run finished, and the spiking model's logit cosine to the float model is below --min-cosine
+GUARD_FAILED = "FIDELITY GUARD FAILED"
+
+
+def guard_failure(cosine: float, min_cosine: float, reference: str = "the float model") -> str:
+    """Why a spiking model failed the fidelity guard, after :data:`GUARD_FAILED`, for the terminal,
+    the report and the examples alike."""
+    return (f"the spiking model's logit cosine to {reference} is {cosine:.4f}, below the guard's {min_cosine:g}: its "
+            "answers are not the model's; try a rotation with clipping (the defaults), more steps or more weight bits "
+            "(docs/fidelity.md)")
 
 
 def epilog(inexact: str | None = None, low_fidelity: bool = False) -> str:

@@ -87,9 +87,8 @@ def _guard(run: dict) -> list[str]:
         return []
     if guard["passed"]:
         return [f"Fidelity guard passed: logit cosine {f['logit_cosine']:.4f} >= {guard['min_cosine']:g}.", ""]
-    return [f"> **FIDELITY GUARD FAILED**: the spiking model's logit cosine to {run['label']} is {f['logit_cosine']:.4f}, "
-            f"below {guard['min_cosine']:g}. Its answers are not the model's; the figures below describe a broken "
-            "conversion (try a rotation with clipping, more steps or more weight bits: `docs/fidelity.md`).", ""]
+    why = options.guard_failure(f["logit_cosine"], guard["min_cosine"], run["label"])
+    return [f"> **{options.GUARD_FAILED}**: {why}. The figures below describe a broken conversion.", ""]
 
 
 def _fidelity(run: dict) -> list[str]:
