@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 OUT ?= out/demo
 
-.PHONY: setup demo test bench weights fidelity text-lms med clean
+.PHONY: setup demo test bench weights fidelity text-lms speed med clean
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ fidelity: weights
 # Both real text models on their own: cache build time, FP32 and spiking W8A8 perplexity.
 text-lms: weights
 	$(BIN)/python bench/text_lms.py
+
+# bench/speed.py: integer GEMMs, attention memory, decode, convert and SpikingJelly side by side.
+speed: weights
+	$(BIN)/python bench/speed.py
 
 # The main job on the trained easy-VQA LLaVA (real SmolLM2 weights: the weights set-up is part of it;
 # the SmolLM2 cache is built on first use).

@@ -34,7 +34,7 @@ from .nodes import (
     input_current,
     integrate,
 )
-from .spike_ops import exact_dtype, spike_matmul
+from .spike_ops import exact_dtype, int_mm_is_exact, integer_dtype, integer_matmul, spike_matmul
 from .stats import SpikeStats, binary_planes, spike_statistics
 
 __all__ = [
@@ -66,6 +66,9 @@ __all__ = [
     "integrate",
     "input_current",
     "exact_dtype",
+    "int_mm_is_exact",
+    "integer_dtype",
+    "integer_matmul",
     "spike_matmul",
     "SpikeDrivenLinear",
     "SpikeStats",

@@ -156,8 +156,11 @@ def check_scale(
     _require_positive(given, name)
     if x is None:
         return given
+    # The common shapes (per tensor, per token [..., 1] of x) need no general broadcast check.
+    per_token = given.dim() == x.dim() and given.shape[:-1] == x.shape[:-1] and given.shape[-1] == 1
     try:
-        torch.broadcast_shapes(given.shape, x.shape)
+        if not (given.dim() == 0 or per_token):
+            torch.broadcast_shapes(given.shape, x.shape)
     except RuntimeError:
         raise ValueError(
             f"{name} of shape {tuple(given.shape)} does not broadcast to the input shape {tuple(x.shape)}"

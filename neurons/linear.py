@@ -96,12 +96,14 @@ class SpikeDrivenLinear(nn.Module, base.MultiStepModule):
                 f"in = {self.in_features}, got shape {tuple(spikes.shape)}"
             )
         bound = float(code.levels.qmax + code.offset) * self.weight_levels.qmax * self.in_features
-        dtype = exact_dtype(bound, level_dtype(spikes.dtype))
-        weight_t = self.qweight.T.to(dtype)
-        acc = spike_matmul(spikes.to(dtype), weight_t, code.leak)  # [N, *, out], exact integers
+        out_dtype = level_dtype(spikes.dtype)
+        dtype = exact_dtype(bound, out_dtype)
+        # Integer GEMMs on int8 spikes; a train that carries gradients stays in floating point.
+        spikes = spikes.to(dtype) if spikes.requires_grad else spikes.to(torch.int8)
+        acc = spike_matmul(spikes, self.qweight.T, code.leak, self.weight_levels.qmax).to(dtype)  # [N, *, out]
         if code.offset:
-            acc = acc - code.offset * weight_t.sum(0)
-        y = (acc * self.input_scale.to(dtype) * self.weight_scale.to(dtype)).to(level_dtype(spikes.dtype))
+            acc = acc - code.offset * self.qweight.sum(1, dtype=dtype)
+        y = (acc * self.input_scale.to(dtype) * self.weight_scale.to(dtype)).to(out_dtype)
         if self.bias is not None:
             y = y + self.bias.to(y.dtype)
         return input_current(y, self.out_steps)

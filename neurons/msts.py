@@ -49,6 +49,8 @@ class Modality(enum.IntEnum):
     def parse(cls, key: Union["Modality", int, str]) -> "Modality":
         """The modality named (``"image"``) or numbered (``1``) by ``key``; a bool or a float is
         neither (``True`` and ``1.5`` are refused, not read as image)."""
+        if isinstance(key, cls):
+            return key
         names = ", ".join(f"{m.name.lower()}={m.value}" for m in cls)
         if isinstance(key, str):
             if key.upper() in cls.__members__:
@@ -150,8 +152,8 @@ class MSTSConfig:
 class MSTSSpikes(NamedTuple):
     """Output of :class:`MSTSEncoder`.
 
-    :param spikes: ``[T_max, B, L, D]`` in the input's dtype; a token's padded steps come first
-        and carry no spikes.
+    :param spikes: ``[T_max, B, L, D]`` in the input's dtype or the ``spike_dtype`` asked for
+        (int8 carries no gradient); a token's padded steps come first and carry no spikes.
     :param steps: ``[B, L]`` (int64) steps each token really uses (0 for masked-out tokens).
     :param scale: ``[B, L, 1]`` quantization scale of each token, in ``level_dtype`` of the input's
         dtype (float32 at least).
@@ -192,6 +194,7 @@ class MSTSEncoder(encoding.StatelessEncoder):
         if not isinstance(config, MSTSConfig):
             raise TypeError(f"config must be an MSTSConfig, got {type(config).__name__}")
         self.config = config
+        self._level_tables: dict[tuple, torch.Tensor] = {}
         self.nodes = torch.nn.ModuleDict(
             {
                 m.name.lower(): NODE_CLASSES[code.scheme](code.levels.levels, step_mode="m", **_signed_kwarg(code))
@@ -208,6 +211,7 @@ class MSTSEncoder(encoding.StatelessEncoder):
         modality_ids: torch.Tensor,
         scale: Optional[torch.Tensor] = None,
         attention_mask: Optional[torch.Tensor] = None,
+        spike_dtype: Optional[torch.dtype] = None,
     ) -> MSTSSpikes:
         """
         :param x: activations ``[B, L, D]``.
@@ -215,15 +219,29 @@ class MSTSEncoder(encoding.StatelessEncoder):
         :param scale: quantization scale per tensor (``[]``) or per token (``[B, L, 1]``);
             default: per-token absmax over ``D`` divided by the token's ``qmax``.
         :param attention_mask: ``[B, L]`` of 0 (padding: no steps, no spikes) and 1 (a token).
+        :param spike_dtype: dtype of the returned spikes: ``torch.int8`` (what an integer
+            spike-driven product reads; a quarter of float32's memory) or a floating-point dtype;
+            default ``x``'s.
         """
         B, L, D = _check_activations(x)
+        if spike_dtype is not None and spike_dtype != torch.int8 and not spike_dtype.is_floating_point:
+            raise ValueError(f"spike_dtype must be torch.int8 or a floating-point dtype, got {spike_dtype}")
         t_max = self.config.max_steps
-        spikes = x.new_zeros(t_max, B, L, D)
+        spikes = x.new_zeros(t_max, B, L, D, dtype=spike_dtype or x.dtype)
+        groups = list(self._token_groups(x, modality_ids, scale, attention_mask))
+        if len(groups) == 1 and groups[0][2] is None:
+            # Every token of one modality (a decode step, a text-only model): no token masks.
+            modality, code, _, x_m, s_m = groups[0]
+            spikes[t_max - code.steps :] = self.nodes[modality.name.lower()].present(x_m, s_m).view(code.steps, B, L, D)
+            steps = torch.full((B, L), code.steps, dtype=torch.int64, device=x.device)
+            token_scale = s_m.reshape(B, L, 1).to(level_dtype(x.dtype))
+            offset = torch.full_like(token_scale, float(code.offset))
+            return MSTSSpikes(spikes, steps, token_scale, offset, self.config.leak)
         steps = torch.zeros(B, L, dtype=torch.int64, device=x.device)
         token_scale = torch.ones(B, L, 1, dtype=level_dtype(x.dtype), device=x.device)
         offset = torch.zeros_like(token_scale)
-        for modality, code, mask, x_m, s_m in self._token_groups(x, modality_ids, scale, attention_mask):
-            spikes[t_max - code.steps :, mask] = self.nodes[modality.name.lower()].present(x_m, s_m).to(x.dtype)
+        for modality, code, mask, x_m, s_m in groups:
+            spikes[t_max - code.steps :, mask] = self.nodes[modality.name.lower()].present(x_m, s_m).to(spikes.dtype)
             steps[mask] = code.steps
             token_scale[mask] = s_m
             offset[mask] = float(code.offset)
@@ -243,7 +261,7 @@ class MSTSEncoder(encoding.StatelessEncoder):
         """
         B, L, _ = _check_activations(x)
         modality_ids = _check_token_tensor(modality_ids, (B, L), "modality_ids")
-        active = torch.ones(B, L, dtype=torch.bool, device=x.device) if attention_mask is None else token_mask(attention_mask, (B, L))
+        active = None if attention_mask is None else token_mask(attention_mask, (B, L))
         qmin, qmax = self._token_bounds(modality_ids, active, level_dtype(x.dtype))
         if scale is None:
             token_scale = scale_from_absmax(x.detach().abs().amax(-1, keepdim=True), qmax)
@@ -252,32 +270,57 @@ class MSTSEncoder(encoding.StatelessEncoder):
         # One pass over every token at once, each with its own bounds: the same levels as
         # quantizing each modality's tokens apart, elementwise.
         levels = round_half_up(divide_by_scale(x, token_scale), inplace=True).to(qmax.dtype)
-        levels = torch.clamp_(levels, qmin, qmax).masked_fill_(~active[..., None], 0)
+        levels = torch.clamp_(levels, qmin, qmax)
+        if active is None:
+            return levels, token_scale
+        levels.masked_fill_(~active[..., None], 0)
         return levels, torch.where(active[..., None], token_scale, torch.ones_like(token_scale))
 
     def _token_bounds(self, modality_ids: torch.Tensor, active: torch.Tensor, dtype: torch.dtype):
         """``(qmin, qmax)`` ``[B, L, 1]`` of each token's modality (raises for a modality present
         among the ``active`` tokens without configured steps)."""
-        for m in torch.unique(modality_ids[active]).tolist():
-            self.config.code_of(int(m))
-        table = torch.zeros(2, len(Modality), dtype=dtype)
-        for modality, code in self.config.codes.items():
-            table[:, int(modality)] = torch.tensor([code.levels.qmin, code.levels.qmax], dtype=dtype)
-        ids = modality_ids.long().clamp(0, len(Modality) - 1).cpu()  # inactive tokens may carry any id
-        bounds = table[:, ids].to(modality_ids.device)[..., None]
+        self._present_codes(modality_ids, active)  # raises for a modality without steps
+        table = self.level_table(dtype, modality_ids.device)
+        ids = modality_ids.long().clamp(0, len(Modality) - 1)  # inactive tokens may carry any id
+        bounds = table[:, ids][..., None]
         return bounds[0], bounds[1]
 
+    def _present_codes(self, modality_ids: torch.Tensor, active: Optional[torch.Tensor]) -> tuple[list[int], list[SpikeCode]]:
+        """The modalities among the ``active`` tokens (all if None), sorted, and their codes.
+
+        :raises ValueError: one of them has no configured steps."""
+        present = torch.unique(modality_ids if active is None else modality_ids[active]).tolist()
+        return present, [self.config.code_of(int(m)) for m in present]
+
+    def level_table(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """``[2, len(Modality)]``: ``qmin`` and ``qmax`` of each configured modality (0 for the
+        others), built once per dtype and device (the configuration is frozen)."""
+        key = (self.config, dtype, torch.device(device))
+        if key not in self._level_tables:
+            table = torch.zeros(2, len(Modality), dtype=dtype)
+            for modality, code in self.config.codes.items():
+                table[0, int(modality)], table[1, int(modality)] = code.levels.qmin, code.levels.qmax
+            self._level_tables[key] = table.to(device)
+        return self._level_tables[key]
+
     def _token_groups(self, x, modality_ids, scale, attention_mask):
-        """Per configured modality present: ``(modality, code, token mask [B, L], x [N, D], scale [N, 1])``."""
+        """Per configured modality present: ``(modality, code, token mask [B, L], x [N, D], scale [N, 1])``;
+        the mask is None when every token is active and of that one modality (``N = B * L``)."""
         B, L, _ = x.shape
         modality_ids = _check_token_tensor(modality_ids, (B, L), "modality_ids")
-        active = torch.ones(B, L, dtype=torch.bool, device=x.device)
-        if attention_mask is not None:
-            active = token_mask(attention_mask, (B, L))
-        present = sorted({int(m) for m in torch.unique(modality_ids[active]).tolist()})
-        codes = [self.config.code_of(m) for m in present]  # raises for a modality without steps
+        active = None if attention_mask is None else token_mask(attention_mask, (B, L))
+        present, codes = self._present_codes(modality_ids, active)
         if scale is not None:
             scale = self._check_scale(scale, x).expand(B, L, 1)
+        if active is not None and bool(active.all()):
+            active = None
+        if len(present) == 1 and active is None:
+            x_m = x.reshape(B * L, x.shape[-1])
+            s_m = absmax_scale(x_m, codes[0].levels, "token") if scale is None else scale.reshape(B * L, 1)
+            yield Modality(present[0]), codes[0], None, x_m, s_m
+            return
+        if active is None:
+            active = torch.ones(B, L, dtype=torch.bool, device=x.device)
         for m, code in zip(present, codes):
             mask = active & (modality_ids == m)
             x_m = x[mask]

@@ -25,6 +25,7 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+import torch.nn.modules.module as nn_module
 from spikingjelly.activation_based import base, surrogate
 from spikingjelly.activation_based.neuron import BaseNode
 
@@ -186,6 +187,9 @@ class SpikeCodingNode(BaseNode):
         ``AttributeMonitor``: ``v`` after the last step, ``v_seq`` ``[T, *x.shape]`` with
         ``store_v_seq``), see every train a converted model emits. The node is reset before (a
         membrane left by other use cannot leak in) and after (no state is held between calls).
+        When nothing observes the call (no forward hook on the node or on every module, no
+        ``store_v_seq``), the train comes from :meth:`encode` directly: the same dynamics and the
+        same tensor, without the ``T``-step input current.
 
         :raises ValueError: the node is not in step mode ``'m'``.
         """
@@ -194,12 +198,26 @@ class SpikeCodingNode(BaseNode):
                 f"present() drives the node over its {self.steps} steps in one call and needs step_mode 'm', "
                 f"got step_mode {self.step_mode!r}"
             )
+        if not self._observed():
+            # Nothing would see the call (no hook, no stored membranes): the same train from the
+            # activation itself, without the T-step input current and its T-fold charge.
+            return self.encode(x, scale)
         current = input_current(x, self.steps)
         self.reset()
         try:
             return self(current, scale=scale)
         finally:
             self.reset()
+
+    def _observed(self) -> bool:
+        """Whether a call through ``__call__`` is observable: forward or backward hooks on this node
+        or on every module (``torch.nn.modules.module.register_module_forward_hook`` and the
+        like; SpikingJelly's monitors, gradient monitors included, are such hooks), or
+        ``store_v_seq``."""
+        own = self._forward_hooks or self._forward_pre_hooks or self._backward_hooks or self._backward_pre_hooks
+        every = (nn_module._global_forward_hooks or nn_module._global_forward_pre_hooks
+                 or nn_module._global_backward_hooks or nn_module._global_backward_pre_hooks)
+        return bool(own or every or self.store_v_seq)
 
     def decode(self, spikes: torch.Tensor, scale: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The value that ``spikes`` ``[T, N, *]`` carry, ``[N, *]`` (see :func:`decode`)."""

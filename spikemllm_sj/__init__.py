@@ -22,6 +22,8 @@ _LAZY = {
     "RECOMMENDED": "spikemllm_sj.config",
     "convert": "spikemllm_sj.ann2snn.recipe",
     "set_mode": "spikemllm_sj.ann2snn.recipe",
+    "set_activity_recording": "spikemllm_sj.ann2snn.recipe",
+    "recording_activity": "spikemllm_sj.ann2snn.recipe",
     "set_msts": "spikemllm_sj.ann2snn.recipe",
     "MSTSPlan": "spikemllm_sj.ann2snn.plan",
     "SpikeMLLMRecipe": "spikemllm_sj.ann2snn.recipe",

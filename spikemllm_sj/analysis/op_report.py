@@ -26,7 +26,7 @@ import torch.nn as nn
 from spikingjelly.activation_based.op_counter import DispatchCounterMode, FlopCounter, SynOpCounter
 
 from spikemllm_sj.ann2snn.linear import SpikeLinear
-from spikemllm_sj.ann2snn.recipe import set_mode, spike_state
+from spikemllm_sj.ann2snn.recipe import recording_activity, set_mode, spike_state
 from spikemllm_sj.ann2snn.sites import SpikeSite
 
 __all__ = ["SiteReport", "OpReport", "op_report"]
@@ -175,7 +175,7 @@ def op_report(model: nn.Module, **inputs) -> OpReport:
         site.activity.reset()
     synops = SynOpCounter()
     flops = FlopCounter(extra_rules=_FLOP_RULES, extra_ignore_modules=[SpikeSite])
-    with torch.no_grad(), DispatchCounterMode([synops, flops]) as mode:
+    with torch.no_grad(), recording_activity(model), DispatchCounterMode([synops, flops]) as mode:
         model(**inputs)
 
     root = type(model).__name__

@@ -17,6 +17,7 @@ from spikemllm_sj.neurons import (
     TCLIFNode,
     absmax_scale,
     exact_dtype,
+    integer_matmul,
     level_dtype,
     quantize,
     scale_from_absmax,
@@ -54,8 +55,9 @@ class SpikeScores(MSTSSite):
         k_levels = quantize(key, k_scale, self.kv_levels)
         ids = self.modality(B, L).to(query.device).repeat_interleave(H, dim=0)  # every head of a token has its modality
         k_t = k_levels.reshape(B * H, -1, d).transpose(1, 2)
-        acc, q_scale = self.accumulate(query.reshape(B * H, L, d), ids, k_t, self.kv_levels.qmax)
-        scores = acc * q_scale.to(acc.dtype) * k_scale.reshape(B * H, 1, -1).to(acc.dtype)
+        scores, q_scale = self.accumulate(query.reshape(B * H, L, d), ids, k_t, self.kv_levels.qmax)
+        # In place: the scores are the largest tensor of attention ([B, H, L, S]), held once.
+        scores.mul_(q_scale.to(scores.dtype)).mul_(k_scale.reshape(B * H, 1, -1).to(scores.dtype))
         return scores.reshape(B, H, L, -1).to(query.dtype)
 
     def extra_repr(self) -> str:
@@ -74,6 +76,11 @@ class SpikeContext(SpikeSite):
     levels with a per-row scale ``max_s p'_ls / qmax`` (masked positions have ``p = 0`` and take
     no part). A per-channel value scale over all positions, as before, was acausal: it saw padding
     and later tokens.
+
+    Memory: the query rows are encoded and multiplied in chunks (each row's scale and product are
+    its own, so the result is the same), so the folded probabilities and the spike train
+    ``[T, B, H, rows, S]`` of one chunk stay within a quarter of the probabilities' elements (or
+    ``2**22``); a monitor on :attr:`prob` records one train per chunk.
     """
 
     kind = "attention.pv"
@@ -89,18 +96,29 @@ class SpikeContext(SpikeSite):
     def forward(self, probs: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
         v_scale = clipped_scale(value, self.kv_levels, self.kv_clip)  # [B, H, S, 1]
         v_levels = quantize(value, v_scale, self.kv_levels)
-        folded = probs * v_scale.transpose(-1, -2).to(probs.dtype)  # [B, H, L, S]
+        v_fold = v_scale.transpose(-1, -2).to(probs.dtype)  # [B, H, 1, S]
         code = self.prob.code
-        p_scale = absmax_scale(folded, code.levels, "token")  # [B, H, L, 1]
         dtype = exact_dtype(float(code.levels.qmax) * self.kv_levels.qmax * probs.shape[-1], value.dtype)
-        if self.mode == "fake_quant":
-            acc = torch.matmul(quantize(folded, p_scale, code.levels).to(dtype), v_levels.to(dtype))
-        else:
-            spikes = self.prob.present(folded, scale=p_scale)
-            rows = probs[..., 0].numel()
-            self.activity.add(self.prob.statistics(spikes), {"probabilities": (rows, rows * code.steps)})
-            acc = spike_matmul(spikes.to(dtype), v_levels.to(dtype), code.leak)
-        return (acc * p_scale.to(dtype)).to(value.dtype)
+        # Query rows in chunks (see the class docstring): memory near the probabilities', not T times.
+        B, H, L, S = probs.shape
+        budget = max(probs.numel() // 4, 1 << 22)
+        rows = max(1, min(L, budget // (code.steps * B * H * S)))
+        out = []
+        for start in range(0, L, rows):
+            folded = probs[..., start : start + rows, :] * v_fold  # [B, H, rows, S]
+            p_scale = absmax_scale(folded, code.levels, "token")  # [B, H, rows, 1]
+            if self.mode == "fake_quant":
+                levels = quantize(folded, p_scale, code.levels)
+                acc = integer_matmul(levels, v_levels, code.levels.qmax, self.kv_levels.qmax)
+            else:
+                chunk_rows = folded[..., 0].numel()
+                spikes = self.prob.present(folded, scale=p_scale).to(torch.int8)  # [T, B, H, rows, S]
+                self.activity.add(spikes, spikes.numel(), named={"probabilities": (chunk_rows, chunk_rows * code.steps)})
+                acc = spike_matmul(spikes, v_levels, code.leak, self.kv_levels.qmax)
+            out.append((acc.to(dtype) * p_scale.to(dtype)).to(value.dtype))
+        if not out:  # no query rows
+            return value.new_zeros(B, H, 0, value.shape[-1])
+        return out[0] if len(out) == 1 else torch.cat(out, dim=-2)
 
     def extra_repr(self) -> str:
         return f"kv_bits={self.kv_levels.bits}, prob_bits={self.prob.code.levels.bits}, mode={self.mode}"

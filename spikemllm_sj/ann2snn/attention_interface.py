@@ -40,9 +40,9 @@ def spike_attention_forward(
         raise ValueError("spike-driven attention runs in eval mode only (dropout must be 0)")
     groups = query.shape[1] // key.shape[1]
     key, value = repeat_kv(key, groups), repeat_kv(value, groups)
-    scores = ops.scores(query, key) * scaling
+    scores = ops.scores(query, key).mul_(scaling)  # in place: a new tensor, the largest of attention
     if attention_mask is not None:
-        scores = scores + attention_mask
+        scores = scores.add_(attention_mask) if attention_mask.dtype == scores.dtype else scores + attention_mask
     probs = nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
     return ops.pv(probs, value).transpose(1, 2).contiguous(), probs
 

@@ -21,6 +21,7 @@ model's weights in memory), every change recorded in a rollback journal
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import functools
 from dataclasses import dataclass
@@ -57,7 +58,7 @@ from spikemllm_sj.config import CLIP_RATIOS, SpikeConfig
 from spikemllm_sj.neurons import Modality, MSTSConfig, MSTSEncoder, check_finite
 from spikemllm_sj.quantization.rotation import InputMap
 
-__all__ = ["SpikeState", "SpikeMLLMRecipe", "convert", "set_mode", "set_msts", "spike_state"]
+__all__ = ["SpikeState", "SpikeMLLMRecipe", "convert", "recording_activity", "set_activity_recording", "set_mode", "set_msts", "spike_state"]
 
 _STATE_ATTR = "spikemllm_state"
 
@@ -342,6 +343,36 @@ def set_msts(model: nn.Module, msts: Optional[MSTSConfig] = None, plan: Optional
     for name, site in sites.items():
         site.encoder = MSTSEncoder(config.plan.msts_for(refs[name], config.msts))
     state.config = config
+
+
+def set_activity_recording(model: nn.Module, enabled: bool) -> None:
+    """Whether the spike-driven sites of converted ``model`` count the spikes and tokens they
+    encode (:class:`~spikemllm_sj.ann2snn.sites.SiteActivity`; on after ``convert``). Recording
+    never synchronises with the device; off, each site also skips counting its spikes (an
+    evaluation or generation loop that reads no activity). :func:`recording_activity` turns it on
+    for a block: ``op_report`` and MED's firing rates use it, whatever is set here."""
+    spike_state(model)
+    if not isinstance(enabled, bool):
+        raise TypeError(f"enabled must be a bool, got {enabled!r}")
+    for module in model.modules():
+        if isinstance(module, SpikeSite):
+            module.activity.recording = enabled
+
+
+@contextlib.contextmanager
+def recording_activity(model: nn.Module):
+    """Inside the block, every spike-driven site of converted ``model`` records its activity;
+    after it, each site records as it did before."""
+    spike_state(model)
+    sites = [m for m in model.modules() if isinstance(m, SpikeSite)]
+    before = [site.activity.recording for site in sites]
+    for site in sites:
+        site.activity.recording = True
+    try:
+        yield
+    finally:
+        for site, recording in zip(sites, before):
+            site.activity.recording = recording
 
 
 def set_mode(model: nn.Module, mode: Mode) -> None:

@@ -13,7 +13,6 @@ and the rescaling that follows is the same code, so the two modes agree bit for 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 import torch
@@ -25,8 +24,8 @@ from spikemllm_sj.neurons import (
     Modality,
     MSTSConfig,
     MSTSEncoder,
-    SpikeStats,
     exact_dtype,
+    integer_matmul,
     level_dtype,
     scale_from_absmax,
     spike_matmul,
@@ -39,30 +38,85 @@ MODES: tuple[str, ...] = ("spike", "fake_quant")
 """How a converted model runs: spike-driven, or as its quantized ANN twin."""
 
 
-@dataclass
 class SiteActivity:
     """Spikes a site emitted since the last :meth:`reset` (summed over forward calls).
 
-    :param tokens: tokens encoded, per modality name.
-    :param token_steps: time steps those tokens used, per modality name (MSTS padding excluded).
+    Recording costs no device synchronisation: counts accumulate as tensors on the site's device
+    and are read (one transfer each) when an attribute is read. With ``recording`` False (see
+    :func:`~spikemllm_sj.ann2snn.recipe.set_activity_recording`), :meth:`add` does nothing.
+
+    Read-only attributes: ``spikes`` (non-zero spikes), ``neuron_steps`` (neurons times the steps
+    each really used, the firing rate's denominator), ``tokens`` (tokens encoded, per modality
+    name) and ``token_steps`` (time steps those tokens used, per modality name; MSTS padding
+    excluded).
     """
 
-    spikes: int = 0
-    neuron_steps: int = 0
-    tokens: dict[str, int] = field(default_factory=dict)
-    token_steps: dict[str, int] = field(default_factory=dict)
-
-    def add(self, stats: SpikeStats, tokens: dict[str, tuple[int, int]]) -> None:
-        self.spikes += stats.spikes
-        self.neuron_steps += stats.neuron_steps
-        for name, (count, steps) in tokens.items():
-            self.tokens[name] = self.tokens.get(name, 0) + count
-            self.token_steps[name] = self.token_steps.get(name, 0) + steps
+    def __init__(self):
+        self.recording = True
+        self.reset()
 
     def reset(self) -> None:
-        self.spikes = self.neuron_steps = 0
-        self.tokens.clear()
-        self.token_steps.clear()
+        self._spikes: int | torch.Tensor = 0
+        self._neuron_steps: int | torch.Tensor = 0
+        self._per_modality: torch.Tensor | None = None  # [len(Modality), 2] int64: tokens, steps
+        self._named: dict[str, list[int]] = {}  # counts known from shapes: name -> [tokens, steps]
+
+    def add(
+        self,
+        spikes: torch.Tensor,
+        neuron_steps: int | torch.Tensor,
+        ids: torch.Tensor | None = None,
+        steps: torch.Tensor | None = None,
+        named: dict[str, tuple[int, int]] | None = None,
+    ) -> None:
+        """Count a spike train ``spikes`` (any shape) and its ``neuron_steps``; the tokens it coded
+        either by modality (``ids`` and their ``steps``, both ``[B, L]``) or ``named`` as
+        ``{name: (tokens, steps)}``."""
+        if not self.recording:
+            return
+        self._spikes = self._spikes + torch.count_nonzero(spikes)
+        self._neuron_steps = self._neuron_steps + neuron_steps
+        if ids is not None:
+            if steps is None:
+                raise ValueError("steps (the steps of each token [B, L]) must be given with ids")
+            flat = ids.reshape(-1).long()
+            if self._per_modality is None:
+                self._per_modality = torch.zeros(len(Modality), 2, dtype=torch.int64, device=flat.device)
+            elif self._per_modality.device != flat.device:  # the model moved since the last reset
+                self._per_modality = self._per_modality.to(flat.device)
+            both = torch.stack([torch.ones_like(flat), steps.reshape(-1).long()], dim=-1)
+            self._per_modality.index_add_(0, flat, both)
+        for name, (count, used) in (named or {}).items():
+            tally = self._named.setdefault(name, [0, 0])
+            tally[0] += count
+            tally[1] += used
+
+    @property
+    def spikes(self) -> int:
+        """Non-zero spikes (+1 and -1)."""
+        return int(self._spikes)
+
+    @property
+    def neuron_steps(self) -> int:
+        """Neurons times the steps each really used: the firing rate's denominator."""
+        return int(self._neuron_steps)
+
+    def _counts(self, column: int) -> dict[str, int]:
+        counts = {name: tally[column] for name, tally in self._named.items()}
+        if self._per_modality is not None:
+            table = self._per_modality.tolist()
+            counts.update({Modality(m).name.lower(): row[column] for m, row in enumerate(table) if row[0]})
+        return counts
+
+    @property
+    def tokens(self) -> dict[str, int]:
+        """Tokens encoded, per modality name (``"probabilities"``: attention rows)."""
+        return self._counts(0)
+
+    @property
+    def token_steps(self) -> dict[str, int]:
+        """Time steps those tokens used, per modality name (MSTS padding excluded)."""
+        return self._counts(1)
 
 
 class SpikeSite(nn.Module, base.MultiStepModule):
@@ -146,11 +200,9 @@ class MSTSSite(SpikeSite):
         return not bool(torch.isnan(self.static_absmax).all())
 
     def token_qmax(self, ids: torch.Tensor) -> torch.Tensor:
-        """The ``qmax`` of each token's modality ``[B, L, 1]`` (float32)."""
-        table = torch.ones(len(Modality))
-        for modality, code in self.encoder.config.codes.items():
-            table[int(modality)] = code.levels.qmax
-        return table.to(ids.device)[ids].unsqueeze(-1)
+        """The ``qmax`` of each token's modality ``[B, L, 1]`` (float32; 1 for a modality without
+        steps, which the encoder refuses)."""
+        return self.encoder.level_table(torch.float32, ids.device)[1].clamp_min(1)[ids].unsqueeze(-1)
 
     def token_scale(self, x3: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """Per-token scales ``[B, L, 1]`` (``level_dtype(x3.dtype)``) of tokens ``x3`` ``[B, L, K]``
@@ -174,37 +226,34 @@ class MSTSSite(SpikeSite):
 
     def accumulation_dtype(self, fan_in: int, other_qmax: int, dtype: torch.dtype) -> torch.dtype:
         """The floating-point dtype in which the product of this site's levels with integer
-        operands of magnitude at most ``other_qmax`` over ``fan_in`` terms is exact."""
+        operands of magnitude at most ``other_qmax`` over ``fan_in`` terms is exact: the dtype of
+        :meth:`accumulate`'s result, and so of the rescaling that follows."""
+        return exact_dtype(float(self._level_bound()) * other_qmax * fan_in, dtype)
+
+    def _level_bound(self) -> int:
         # Horner's partial sums never exceed the largest level (plus offset) times |other| times K.
-        qmax = max(code.levels.qmax + code.offset for code in self.encoder.config.codes.values())
-        return exact_dtype(float(qmax) * other_qmax * fan_in, dtype)
+        return max(code.levels.qmax + code.offset for code in self.encoder.config.codes.values())
 
     def accumulate(
         self, x3: torch.Tensor, ids: torch.Tensor, other: torch.Tensor, other_qmax: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Integer product of ``x3``'s levels ``[B, L, K]`` (token modalities ``ids`` ``[B, L]``)
-        with integer ``other`` ``[..., K, N]``: from the spikes in spike mode, from the levels in
-        fake-quant mode.
+        with integer ``other`` ``[..., K, N]`` (``|other| <= other_qmax``): from the spikes in spike
+        mode, from the levels in fake-quant mode, both with integer GEMMs
+        (:func:`~spikemllm_sj.neurons.integer_matmul`).
 
-        :return: the exact integer accumulation ``[B, L, N]`` (in :meth:`accumulation_dtype`) and
-            the per-token scale ``[B, L, 1]``.
+        :return: the exact integer accumulation ``[B, L, N]`` (held in :meth:`accumulation_dtype`)
+            and the per-token scale ``[B, L, 1]``.
         """
         ids = ids.to(x3.device)
         dtype = self.accumulation_dtype(x3.shape[-1], other_qmax, x3.dtype)
-        other = other.to(dtype)
         scale = self.token_scale(x3, ids)
         if self.mode == "fake_quant":
             levels, scale = self.encoder.quantize(x3, ids, scale)
-            return torch.matmul(levels.to(dtype), other), scale
-        out = self.encoder(x3, ids, scale)
-        self.activity.add(
-            out.statistics(),
-            {
-                Modality(int(m)).name.lower(): (int((ids == m).sum()), int(out.steps[ids == m].sum()))
-                for m in torch.unique(ids).tolist()
-            },
-        )
-        acc = spike_matmul(out.spikes.to(dtype), other, out.leak)
-        if out.offset.any():
-            acc = acc - out.offset.to(dtype) * other.sum(-2, keepdim=True)
-        return acc, out.scale
+            return integer_matmul(levels, other, self._level_bound(), other_qmax).to(dtype), scale
+        out = self.encoder(x3, ids, scale, spike_dtype=torch.int8)
+        self.activity.add(out.spikes, out.steps.sum() * out.spikes.shape[-1], ids=ids, steps=out.steps)
+        acc = spike_matmul(out.spikes, other, out.leak, other_qmax)
+        if any(code.offset for code in self.encoder.config.codes.values()):
+            acc = acc - out.offset.to(acc.dtype) * other.sum(-2, keepdim=True, dtype=acc.dtype)
+        return acc.to(dtype), out.scale

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from spikemllm_sj.analysis.activity import spike_counts
 from spikemllm_sj.ann2snn.modalities import modality_ids
-from spikemllm_sj.ann2snn.recipe import set_mode, spike_state
+from spikemllm_sj.ann2snn.recipe import recording_activity, set_mode, spike_state
 from spikemllm_sj.ann2snn.sites import MSTSSite
 from spikemllm_sj.neurons import Modality, MSTSSpikes, token_mask
 
@@ -258,7 +258,7 @@ def firing_rates(
         module.activity.reset()
     set_mode(model, "spike")
     try:
-        with torch.no_grad():
+        with torch.no_grad(), recording_activity(model):
             for batch in tqdm(batches, desc="med: firing rates", unit="batch", disable=not progress):
                 current["real"] = _real(batch)
                 model(**batch)

@@ -157,23 +157,40 @@ class HadamardRotation(Rotation):
         self.register_buffer("signs", torch.randint(0, 2, (size,), generator=generator, dtype=torch.int8) * 2 - 1)
         self.register_buffer("block", hadamard_block(order))
         self.register_buffer("kernel", sylvester(min(_RADIX, order.block)))
+        self._converted: dict[tuple, tuple[tuple, torch.Tensor]] = {}  # see _held
 
-    def _hadamard(self, x: torch.Tensor, block: torch.Tensor) -> torch.Tensor:
+    def _hadamard(self, x: torch.Tensor, transpose: bool) -> torch.Tensor:
         # x H_n with H_n = H_m (x) H_b: on x as [..., m, b], block^T X H_b (block = H_m); x H_n^T
         # is the same with block = H_m^T (H_b is symmetric).
-        y = _fwht(x, self.kernel.to(x.dtype), self.order.block)
+        y = _fwht(x, self._held("kernel", x), self.order.block)
         if self.order.m > 1:
-            y = _along(y, block.to(x.dtype), self.order.block)
+            block = self._held("block", x)
+            y = _along(y, block.T if transpose else block, self.order.block)
         return y.reshape(x.shape)
+
+    def _held(self, name: str, x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+        """Buffer ``name`` times ``scale`` in ``x``'s dtype, converted once per dtype and scale, and
+        again when the buffer is replaced or written (``.to()``, ``load_state_dict``). Not cached
+        in inference mode (its tensors could not be saved for a later backward) or while
+        ``torch.compile`` traces (no version counter or storage to key on there)."""
+        buffer = getattr(self, name)
+        if buffer.is_inference() or torch.is_inference_mode_enabled() or torch.compiler.is_compiling():
+            return buffer.to(x.dtype) * scale if scale != 1 else buffer.to(x.dtype)
+        slot, stamp = (name, x.dtype, scale), (buffer.data_ptr(), buffer.device, buffer._version)
+        held = self._converted.get(slot)
+        if held is None or held[0] != stamp:
+            held = (stamp, buffer.to(x.dtype) * scale if scale != 1 else buffer.to(x.dtype))
+            self._converted[slot] = held
+        return held[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x Q`` ``[..., n]``; the scale first, so that float16 sums stay in range."""
         self.check_input(x)
-        return self._hadamard(x * (self.signs.to(x.dtype) * self.size**-0.5), self.block)
+        return self._hadamard(x * self._held("signs", x, self.size**-0.5), transpose=False)
 
     def inverse(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
-        return self._hadamard(x * self.size**-0.5, self.block.T) * self.signs.to(x.dtype)
+        return self._hadamard(x * self.size**-0.5, transpose=True) * self._held("signs", x)
 
     def extra_repr(self) -> str:
         return f"size={self.size}, {self.order}, seed={self.seed}"
