@@ -228,23 +228,18 @@ class MSTSEncoder(encoding.StatelessEncoder):
             raise ValueError(f"spike_dtype must be torch.int8 or a floating-point dtype, got {spike_dtype}")
         t_max = self.config.max_steps
         spikes = x.new_zeros(t_max, B, L, D, dtype=spike_dtype or x.dtype)
-        groups = list(self._token_groups(x, modality_ids, scale, attention_mask))
-        if len(groups) == 1 and groups[0][2] is None:
-            # Every token of one modality (a decode step, a text-only model): no token masks.
-            modality, code, _, x_m, s_m = groups[0]
-            spikes[t_max - code.steps :] = self.nodes[modality.name.lower()].present(x_m, s_m).view(code.steps, B, L, D)
-            steps = torch.full((B, L), code.steps, dtype=torch.int64, device=x.device)
-            token_scale = s_m.reshape(B, L, 1).to(level_dtype(x.dtype))
-            offset = torch.full_like(token_scale, float(code.offset))
-            return MSTSSpikes(spikes, steps, token_scale, offset, self.config.leak)
         steps = torch.zeros(B, L, dtype=torch.int64, device=x.device)
         token_scale = torch.ones(B, L, 1, dtype=level_dtype(x.dtype), device=x.device)
         offset = torch.zeros_like(token_scale)
-        for modality, code, mask, x_m, s_m in groups:
-            spikes[t_max - code.steps :, mask] = self.nodes[modality.name.lower()].present(x_m, s_m).to(spikes.dtype)
-            steps[mask] = code.steps
-            token_scale[mask] = s_m
-            offset[mask] = float(code.offset)
+        # Written through views over the B * L tokens; a group without a mask holds every token
+        # (one modality, no padding: a decode step, a text-only model) and is a plain copy.
+        flat = spikes.view(t_max, B * L, D), steps.view(B * L), token_scale.view(B * L, 1), offset.view(B * L, 1)
+        for modality, code, mask, x_m, s_m in self._token_groups(x, modality_ids, scale, attention_mask):
+            where = slice(None) if mask is None else mask.reshape(B * L)
+            flat[0][t_max - code.steps :, where] = self.nodes[modality.name.lower()].present(x_m, s_m).to(spikes.dtype)
+            flat[1][where] = code.steps
+            flat[2][where] = s_m.to(token_scale.dtype)
+            flat[3][where] = float(code.offset)
         return MSTSSpikes(spikes, steps, token_scale, offset, self.config.leak)
 
     def quantize(
