@@ -52,6 +52,12 @@ _LAZY = {
     "lava_layers": ".blocks",
     "LavaBlockResult": ".blocks",
     "LayerCheck": ".blocks",
+    "run_model_on_lava": ".whole_model",
+    "model_mapping": ".whole_model",
+    "WholeModelRun": ".whole_model",
+    "SiteNeurons": ".site_neurons.process",
+    "SpikeSynapse": ".spike_synapse.process",
+    "DecodedForward": ".decoded_forward.process",
 }
 
 __all__ = ["ensure_lava_importable", *_LAZY]

@@ -16,10 +16,16 @@ SIGINT acts at once, and the runtime is then stopped without waiting for its pro
 
 from __future__ import annotations
 
+import ctypes
+import gc
+import os
+import signal
+import sys
 import time
+import warnings
 from contextlib import contextmanager
 from multiprocessing.process import BaseProcess
-from typing import Iterator, Sequence
+from typing import Iterator, Optional, Sequence
 
 from lava.magma.core.process.process import AbstractProcess
 from lava.magma.core.run_configs import RunConfig
@@ -35,8 +41,9 @@ TERMINATE_GRACE_S = 1.0
 
 
 @contextmanager
-def lava_runtime(process: AbstractProcess, run_cfg: RunConfig) -> Iterator[Runtime]:
-    """Compile the network of ``process``, start its runtime, and stop it when the block ends.
+def lava_runtime(process: AbstractProcess, run_cfg: RunConfig, compile_config: Optional[dict] = None) -> Iterator[Runtime]:
+    """Compile the network of ``process`` (with Lava's ``compile_config``, if given), start its
+    runtime, and stop it when the block ends.
 
     The runtime starts and stops with SIGINT held back (:func:`~spikemllm_sj.interrupts.sigint_held`).
     After an error or an interrupt in the block its processes are terminated instead of asked to
@@ -44,10 +51,10 @@ def lava_runtime(process: AbstractProcess, run_cfg: RunConfig) -> Iterator[Runti
     when the block is left every process of the runtime has exited and its shared memory is
     released. Run the network with ``process.run(condition)``: the runtime exists already.
     """
-    executable = process.compile(run_cfg)  # starts no process, so SIGINT may act here at once
+    executable = process.compile(run_cfg, compile_config)  # starts no process, so SIGINT may act here at once
     stopped = False
     try:
-        with sigint_held():
+        with sigint_held(), _gc_frozen(), _children_die_with_parent():
             process.create_runtime(executable=executable)
         yield process.runtime
         with sigint_held():
@@ -57,6 +64,71 @@ def lava_runtime(process: AbstractProcess, run_cfg: RunConfig) -> Iterator[Runti
         if not stopped and process.runtime is not None:
             with sigint_held():
                 _stop_unfinished(process.runtime)
+
+
+@contextmanager
+def _gc_frozen() -> Iterator[None]:
+    """Keep the garbage collector of the forked processes off the parent's objects.
+
+    Each Lava process is a fork of this one and shares its memory until it writes to it; a
+    collection in the child writes to every object it visits, copying the page (measured: about
+    60 MB per process with a 135M-parameter model loaded, 24 GB at 370 processes).
+    ``gc.freeze`` moves the parent's objects out of the collector's reach while the processes
+    are forked (Python's documented remedy); they return to it afterwards in this process.
+    """
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
+@contextmanager
+def _children_die_with_parent() -> Iterator[None]:
+    """Have the processes Lava forks meanwhile killed when this process dies (Linux).
+
+    A parent killed outright (SIGKILL, the kernel's out-of-memory killer) runs no clean-up, and
+    its Lava processes, waiting for commands that never come, stayed alive (seen: 370 of them
+    holding 24 GB after an out-of-memory kill). ``PR_SET_PDEATHSIG`` has the kernel send them
+    SIGKILL when the thread that forked them (this one) exits. Only the forks made inside this
+    block are marked; other forks of the program are left alone.
+    """
+    _forks["lava"] = _prctl is not None
+    try:
+        yield
+    finally:
+        _forks["lava"] = False
+
+
+def _linux_prctl():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PR_SET_PDEATHSIG = 1
+_prctl = _linux_prctl()
+_forks = {"lava": False, "parent": 0}
+
+
+def _before_fork() -> None:
+    _forks["parent"] = os.getpid()
+
+
+def _after_fork_in_child() -> None:
+    if _forks["lava"]:
+        if _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
+            warnings.warn(f"prctl(PR_SET_PDEATHSIG) failed (errno {ctypes.get_errno()}): this Lava process will outlive "
+                          "a parent that is killed outright", RuntimeWarning, stacklevel=1)
+        if os.getppid() != _forks["parent"]:  # the parent died before the mark was set
+            os._exit(1)
+
+
+if _prctl is not None:
+    os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
 
 
 def _stop_unfinished(runtime: Runtime) -> None:

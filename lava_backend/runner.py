@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Callable
+import time
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -70,6 +71,8 @@ def simulate(
     num_steps: int,
     steps_per_run: int,
     keep: Callable[[int], bool],
+    timings: Optional[dict[str, float]] = None,
+    compile_config: Optional[dict] = None,
 ) -> list[np.ndarray]:
     """Run the Lava graph that ``sinks`` belong to for ``num_steps`` and collect their messages.
 
@@ -77,6 +80,12 @@ def simulate(
         ``steps_per_run`` messages (every step's message is received, or a full buffer stalls).
     :param keep: which steps' messages (counting from 0) to return.
     :returns: per sink, the kept messages stacked ``[kept steps, *shape]``.
+    :param timings: if given, filled with the wall seconds of ``compile_and_start`` (compiling the
+        graph, starting its processes), ``run`` (Lava's steps), ``read_back`` (receiving the sinks'
+        messages) and ``stop``.
+    :param compile_config: Lava's compile configuration (e.g. ``{"pypy_channel_size": 2}``: the
+        messages each channel buffers, 64 by default; every process moves one step at a time, so a
+        wide network needs far fewer).
     :raises LavaRunError: if a ProcessModel raised.
 
     Runs in several ``RunSteps`` of ``steps_per_run``. Lava's processes and shared memory are
@@ -86,21 +95,31 @@ def simulate(
     # The Extractor's model carries no precision tag, so Loihi2SimCfg must be told to use it.
     run_cfg = Loihi2SimCfg(select_tag=precision, exception_proc_model_map={Extractor: PyLoihiExtractorModel})
     outputs: list[list[np.ndarray]] = [[] for _ in sinks]
-    with lava_runtime(sinks[0], run_cfg) as runtime:
+    timings = {} if timings is None else timings
+    timings.update(compile_and_start=0.0, run=0.0, read_back=0.0, stop=0.0)
+    clock = time.perf_counter()
+    with lava_runtime(sinks[0], run_cfg, compile_config) as runtime:
+        timings["compile_and_start"] = time.perf_counter() - clock
         try:
             for first in range(0, num_steps, steps_per_run):
                 run_steps = min(steps_per_run, num_steps - first)
+                clock = time.perf_counter()
                 sinks[0].run(condition=RunSteps(num_steps=run_steps))
+                timings["run"] += time.perf_counter() - clock
+                clock = time.perf_counter()
                 for step in range(first, first + run_steps):
                     for sink, kept in zip(sinks, outputs):
                         message = sink.receive()
                         if keep(step):
                             kept.append(message)
+                timings["read_back"] += time.perf_counter() - clock
         except RuntimeError as error:
             failures = _model_failures(runtime)
             if failures:
                 raise LavaRunError("a Lava ProcessModel raised during the run:\n" + "\n".join(failures)) from error
             raise
+        clock = time.perf_counter()
+    timings["stop"] = time.perf_counter() - clock
     return [np.stack(kept) for kept in outputs]
 
 

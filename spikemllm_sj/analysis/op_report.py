@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -29,7 +30,7 @@ from spikemllm_sj.ann2snn.linear import SpikeLinear
 from spikemllm_sj.ann2snn.recipe import recording_activity, set_mode, spike_state
 from spikemllm_sj.ann2snn.sites import SpikeSite
 
-__all__ = ["SiteReport", "OpReport", "op_report"]
+__all__ = ["SiteReport", "OpReport", "op_report", "op_report_of", "non_spiking_counter", "layer_scopes", "scope_aliases"]
 
 aten = torch.ops.aten
 
@@ -156,7 +157,13 @@ class OpReport:
         return "\n".join(lines)
 
 
-def _layer_scopes(model: nn.Module) -> list[str]:
+def non_spiking_counter() -> FlopCounter:
+    """SpikingJelly's ``FlopCounter`` with this report's rules, blind to the spike-driven sites:
+    run in a ``DispatchCounterMode``, it counts a forward's non-spiking work per module scope."""
+    return FlopCounter(extra_rules=_FLOP_RULES, extra_ignore_modules=[SpikeSite])
+
+
+def layer_scopes(model: nn.Module) -> list[str]:
     """Scope names of the repeated blocks (children of a ``ModuleList``) and of the top level."""
     root = type(model).__name__
     scopes = []
@@ -166,17 +173,40 @@ def _layer_scopes(model: nn.Module) -> list[str]:
     return scopes
 
 
+def scope_aliases(model: nn.Module, scope: str) -> list[str]:
+    """The names SpikingJelly's counters may give the module of ``scope``
+    (``"<model class>.<path>"``): they root them at the outermost module running, and
+    ``generate`` runs some sub-models on their own (a vision tower, before the first forward),
+    which gives ``"<their class>.<rest of the path>"``."""
+    parts = scope.split(".")[1:]
+    aliases = [scope]
+    for i in range(1, len(parts)):
+        aliases.append(f"{type(model.get_submodule('.'.join(parts[:i]))).__name__}.{'.'.join(parts[i:])}")
+    return aliases
+
+
+def _scoped(records: dict, model: nn.Module, scope: str) -> int:
+    return sum(sum(records.get(alias, {}).values()) for alias in scope_aliases(model, scope))
+
+
 def op_report(model: nn.Module, **inputs) -> OpReport:
     """Run one spike-mode forward of converted ``model`` on ``inputs`` and count its work."""
+    return op_report_of(model, lambda: model(**inputs))
+
+
+def op_report_of(model: nn.Module, run: Callable[[], object]) -> OpReport:
+    """Count the work of converted ``model`` (in spike mode) in whatever ``run()`` does with it:
+    e.g. ``model.generate(**batch, max_new_tokens=1)``, whose prefill may differ from a plain
+    forward of the batch (``generate`` derives position ids from the attention mask)."""
     state = spike_state(model)
     set_mode(model, "spike")
     sites = {name: m for name, m in model.named_modules() if isinstance(m, SpikeSite)}
     for site in sites.values():
         site.activity.reset()
     synops = SynOpCounter()
-    flops = FlopCounter(extra_rules=_FLOP_RULES, extra_ignore_modules=[SpikeSite])
+    flops = non_spiking_counter()
     with torch.no_grad(), recording_activity(model), DispatchCounterMode([synops, flops]) as mode:
-        model(**inputs)
+        run()
 
     root = type(model).__name__
     synop_records = synops.get_counts()
@@ -191,13 +221,13 @@ def op_report(model: nn.Module, **inputs) -> OpReport:
                 steps_per_token={k: act.token_steps[k] / act.tokens[k] for k in act.tokens},
                 spikes=act.spikes,
                 firing_rate=act.spikes / act.neuron_steps if act.neuron_steps else 0.0,
-                synops=sum(synop_records.get(f"{root}.{name}", {}).values()),
+                synops=_scoped(synop_records, model, f"{root}.{name}"),
             )
         )
     flop_records = flops.get_counts()
     non_spiking = {"total": sum(flop_records.get("Global", {}).values())}
-    for scope in _layer_scopes(model):
-        non_spiking[scope] = sum(flop_records.get(scope, {}).values())
+    for scope in layer_scopes(model):
+        non_spiking[scope] = _scoped(flop_records, model, scope)
     float_modules = tuple(
         name
         for name, m in model.named_modules()

@@ -99,17 +99,21 @@ class SpikeContext(SpikeSite):
         v_fold = v_scale.transpose(-1, -2).to(probs.dtype)  # [B, H, 1, S]
         code = self.prob.code
         dtype = exact_dtype(float(code.levels.qmax) * self.kv_levels.qmax * probs.shape[-1], value.dtype)
-        # Query rows in chunks (see the class docstring): memory near the probabilities', not T times.
+        # Query rows in chunks (see the class docstring): memory near the probabilities', not T
+        # times; a product_backend takes all rows at once (it holds no spike trains here).
         B, H, L, S = probs.shape
         budget = max(probs.numel() // 4, 1 << 22)
-        rows = max(1, min(L, budget // (code.steps * B * H * S)))
+        rows = max(1, L if self.product_backend is not None else min(L, budget // (code.steps * B * H * S)))
         out = []
         for start in range(0, L, rows):
             folded = probs[..., start : start + rows, :] * v_fold  # [B, H, rows, S]
             p_scale = absmax_scale(folded, code.levels, "token")  # [B, H, rows, 1]
-            if self.mode == "fake_quant":
+            if self.mode == "fake_quant" or self.product_backend is not None:
                 levels = quantize(folded, p_scale, code.levels)
-                acc = integer_matmul(levels, v_levels, code.levels.qmax, self.kv_levels.qmax)
+                if self.mode == "fake_quant":
+                    acc = integer_matmul(levels, v_levels, code.levels.qmax, self.kv_levels.qmax)
+                else:
+                    acc = self.product_backend(self, levels, None, v_levels, self.kv_levels.qmax)
             else:
                 chunk_rows = folded[..., 0].numel()
                 spikes = self.prob.present(folded, scale=p_scale).to(torch.int8)  # [T, B, H, rows, S]

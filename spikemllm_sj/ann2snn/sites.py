@@ -13,7 +13,7 @@ and the rescaling that follows is the same code, so the two modes agree bit for 
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Callable, ClassVar, Literal, Optional
 
 import torch
 import torch.nn as nn
@@ -31,11 +31,20 @@ from spikemllm_sj.neurons import (
     spike_matmul,
 )
 
-__all__ = ["Mode", "MODES", "SiteActivity", "SpikeSite", "MSTSSite"]
+__all__ = ["Mode", "MODES", "ProductBackend", "SiteActivity", "SpikeSite", "MSTSSite"]
 
 Mode = Literal["spike", "fake_quant"]
 MODES: tuple[str, ...] = ("spike", "fake_quant")
 """How a converted model runs: spike-driven, or as its quantized ANN twin."""
+
+ProductBackend = Callable[["SpikeSite", torch.Tensor, Optional[torch.Tensor], torch.Tensor, int], torch.Tensor]
+"""Where a spike-mode site's spike-driven product runs when not in PyTorch (the Lava backend's
+whole-model runs): ``backend(site, levels, ids, other, other_qmax)`` takes the integer levels
+``[..., M, K]`` that the site's spikes would carry, the tokens' modality ids ``[..., M]`` (``None``
+for attention probabilities, which have one code), the integer operand ``other`` (``[K, N]``, or
+``[..., K, N]``) with ``|other| <= other_qmax``, and returns the exact integer product
+``[..., M, N]`` of the spike trains that encode the levels (offsets undone), as any dtype that
+holds it exactly."""
 
 
 class SiteActivity:
@@ -136,6 +145,8 @@ class SpikeSite(nn.Module, base.MultiStepModule):
         super().__init__()
         self.mode: Mode = "spike"
         self.activity = SiteActivity()
+        # Spike mode's product computed elsewhere (see ProductBackend); None: in PyTorch.
+        self.product_backend: Optional[ProductBackend] = None
 
     @property
     def step_mode(self) -> str:
@@ -240,7 +251,8 @@ class MSTSSite(SpikeSite):
         """Integer product of ``x3``'s levels ``[B, L, K]`` (token modalities ``ids`` ``[B, L]``)
         with integer ``other`` ``[..., K, N]`` (``|other| <= other_qmax``): from the spikes in spike
         mode, from the levels in fake-quant mode, both with integer GEMMs
-        (:func:`~spikemllm_sj.neurons.integer_matmul`).
+        (:func:`~spikemllm_sj.neurons.integer_matmul`); in spike mode with a
+        :attr:`product_backend`, from that backend.
 
         :return: the exact integer accumulation ``[B, L, N]`` (held in :meth:`accumulation_dtype`)
             and the per-token scale ``[B, L, 1]``.
@@ -248,9 +260,12 @@ class MSTSSite(SpikeSite):
         ids = ids.to(x3.device)
         dtype = self.accumulation_dtype(x3.shape[-1], other_qmax, x3.dtype)
         scale = self.token_scale(x3, ids)
-        if self.mode == "fake_quant":
+        if self.mode == "fake_quant" or self.product_backend is not None:
             levels, scale = self.encoder.quantize(x3, ids, scale)
-            return integer_matmul(levels, other, self._level_bound(), other_qmax).to(dtype), scale
+            if self.mode == "fake_quant":
+                return integer_matmul(levels, other, self._level_bound(), other_qmax).to(dtype), scale
+            # Spike mode with the spike-driven product elsewhere: its neurons encode these levels.
+            return self.product_backend(self, levels, ids, other, other_qmax).to(dtype), scale
         out = self.encoder(x3, ids, scale, spike_dtype=torch.int8)
         self.activity.add(out.spikes, out.steps.sum() * out.spikes.shape[-1], ids=ids, steps=out.steps)
         acc = spike_matmul(out.spikes, other, out.leak, other_qmax)

@@ -117,6 +117,25 @@ def _lava(model, layer: Optional[str], asked: Optional[str], batch: dict) -> dic
     return check_layer(model, layer, batch).as_dict()
 
 
+def _lava_whole(model, batch: dict, decode_steps: int) -> dict:
+    """The whole model on Lava (:func:`~spikemllm_sj.lava_backend.run_model_on_lava`): its check
+    against PyTorch and the emulated accelerator's prefill and decode figures."""
+    from spikemllm_sj.analysis.emulation import emulated_costs
+    from spikemllm_sj.lava_backend import run_model_on_lava
+
+    run = run_model_on_lava(model, batch, decode_steps=decode_steps)
+    forwards = emulated_costs(run, load_params().accelerator)
+    decode = forwards[1:]
+    return {
+        "exact": run.exact, "logits_exact": run.logits_exact, "tokens_equal": run.tokens_equal,
+        "processes": run.processes, "site_calls": len(run.plan.calls), "lava_steps": run.plan.num_steps,
+        "forwards": run.forwards, "timings_s": run.timings,
+        "prefill_latency_s": forwards[0].latency_s, "prefill_tokens": forwards[0].tokens,
+        "decode_tokens_per_s": sum(f.tokens for f in decode) / sum(f.latency_s for f in decode) if decode else None,
+        "energy_per_decode_token_j": sum(f.energy_j for f in decode) / sum(f.tokens for f in decode) if decode else None,
+    }
+
+
 def _fidelity(run, min_cosine: Optional[float]) -> dict:
     same = run.spike.tokens == run.float.tokens if run.spike.tokens.shape == run.float.tokens.shape else None
     cosine = run.logit_cosine()
@@ -200,6 +219,7 @@ def run_convert(
     inputs: Optional[ModelInputs] = None,
     new_tokens: int = 6,
     lava_layer: Optional[str] = "auto",
+    lava_whole: bool = False,
     med_budget: Optional[float] = DEFAULT_MED_BUDGET,
     min_cosine: Optional[float] = options.DEFAULT_MIN_COSINE,
     save_model: bool = True,
@@ -217,6 +237,9 @@ def run_convert(
     :param lava_layer: a module path for :func:`~spikemllm_sj.lava_backend.check_layer`;
         ``"auto"``: the first decoder layer's MLP on built-in models, none on other checkpoints;
         None: no Lava run.
+    :param lava_whole: also run the whole model on Lava, the shown rows' prefill and
+        ``new_tokens - 1`` decode steps, checked against PyTorch (off by default: minutes on a real
+        model, about 10 s on a tiny one).
     :param med_budget: average steps per language-model token for the MED scheduler
         (:func:`~spikemllm_sj.med.analysis.scheduled_config`, measured on the first
         :data:`MED_BATCHES` calibration batches with a converted copy of the model: twice its
@@ -237,15 +260,15 @@ def run_convert(
     inputs = inputs_for(model) if inputs is None else inputs
     _check_arguments(out_dir, config, inputs, new_tokens, med_budget, batch_size, min_cosine)
     with run_folder(out_dir, "run.json", "out_dir") as partial:
-        summary = _run(model, Path(out_dir), partial, config, inputs, new_tokens, lava_layer, med_budget, min_cosine,
-                       save_model, batch_size, seed, dtype, progress)
+        summary = _run(model, Path(out_dir), partial, config, inputs, new_tokens, lava_layer, lava_whole, med_budget,
+                       min_cosine, save_model, batch_size, seed, dtype, progress)
     return summary
 
 
 def _run(
     model: str, out: Path, partial: Path, config: SpikeConfig, inputs: ModelInputs, new_tokens: int,
-    lava_layer: Optional[str], med_budget: Optional[float], min_cosine: Optional[float], save_model: bool,
-    batch_size: int, seed: int, dtype: torch.dtype, progress: bool,
+    lava_layer: Optional[str], lava_whole: bool, med_budget: Optional[float], min_cosine: Optional[float],
+    save_model: bool, batch_size: int, seed: int, dtype: torch.dtype, progress: bool,
 ) -> dict:
     """The stages of :func:`run_convert`, written into ``partial`` (to become ``out``)."""
     stage = _Stages()
@@ -285,6 +308,10 @@ def _run(
         energy = _energy(report, config)
     with stage("lava"):
         lava = _lava(net, layer, lava_layer, rows)
+    whole = {"skipped": "not asked for (--lava-whole)"}
+    if lava_whole:
+        with stage("lava whole model"):
+            whole = _lava_whole(net, rows, new_tokens - 1)
     saved = None
     if save_model:
         with stage("save"):
@@ -307,6 +334,7 @@ def _run(
         "evaluation": None if evaluation is None else _accuracy(evaluation),
         "ops": _ops(report),
         "lava": lava,
+        "lava_whole": whole,
         "saved_model": saved,
         "timings_s": {**stage.seconds, "stages": sum(stage.seconds.values())},
     }
@@ -406,6 +434,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "MLP on built-in models, none on other checkpoints; none: skip",
     )
     parser.add_argument(
+        "--lava-whole", action="store_true",
+        help="also run the whole model on Lava (the shown rows' prefill and --new-tokens - 1 decode steps) and check it "
+             "against PyTorch bit for bit; off by default (minutes on a real model)",
+    )
+    parser.add_argument(
         "--med-budget", default=_UNSET, type=_med_budget,
         help=f"average steps per language-model token for the MED scheduler, which chooses the steps per modality "
         f"(measured on a copy of the model), at least the smallest step count it probes (2); none: the steps as given; "
@@ -457,7 +490,7 @@ def run(args: argparse.Namespace) -> int:
         budget = med_budget_of(args)
         result = run_convert(
             args.model, args.out, options.spike_config(args), inputs_of(args), new_tokens=args.new_tokens,
-            lava_layer=None if args.lava_layer == "none" else args.lava_layer, med_budget=budget,
+            lava_layer=None if args.lava_layer == "none" else args.lava_layer, lava_whole=args.lava_whole, med_budget=budget,
             min_cosine=args.min_cosine, save_model=not args.no_save, batch_size=args.batch_size, seed=args.seed,
             dtype=getattr(torch, args.dtype),
         )
@@ -479,7 +512,7 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
     scored = result["evaluation"]
     exact = result["fidelity"]["spike_equals_twin"] and result["lava"].get("exact", True) and (
-        scored is None or scored["spike_equals_twin"])
+        result["lava_whole"].get("exact", True)) and (scored is None or scored["spike_equals_twin"])
     if not exact:
         return options.EXIT_INEXACT
     return options.EXIT_OK if guard_passed else options.EXIT_LOW_FIDELITY

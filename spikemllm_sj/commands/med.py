@@ -322,10 +322,6 @@ def write_med(result: dict, out: Path) -> list[Path]:
     return [out / MARKER, out / "report.md", *(out / f.name for f in figures)]
 
 
-def _groups(text: str) -> int:
-    return 0 if text.strip() == "0" else options.positive_int(text)
-
-
 def add_parser(sub) -> argparse.ArgumentParser:
     parser = sub.add_parser(
         "med",
@@ -347,7 +343,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                         help="held-out batches for the comparison table (tiny: seeds; others: of the evaluation records)")
     parser.add_argument("--candidates", type=options.positive_int, nargs="+", default=[2, 3, 4, 5, 6, 7],
                         help="step counts probed; the largest is the reference")
-    parser.add_argument("--groups", type=_groups, default=1, help="decoder layer groups measured apart from the vision tower (0: none)")
+    parser.add_argument("--groups", type=options.non_negative_int, default=1, help="decoder layer groups measured apart from the vision tower (0: none)")
     parser.add_argument("--budgets", type=options.positive_float, nargs="+", default=[3.0, 3.3, 3.6],
                         help="average steps per token to schedule for, each at least the smallest candidate")
     parser.add_argument(

@@ -39,6 +39,7 @@ __all__ = [
     "epilog",
     "fail",
     "positive_int",
+    "non_negative_int",
     "positive_float",
     "existing_file",
     "folder",
@@ -130,6 +131,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ValueError(f"must be an integer >= 0, got {text!r}")
+    return value
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -148,6 +159,7 @@ def _existing_file(text: str) -> Path:
 
 
 positive_int = _argument_type(_positive_int, "positive int")
+non_negative_int = _argument_type(_non_negative_int, "non-negative int")
 positive_float = _argument_type(_positive_float, "positive number")
 existing_file = _argument_type(_existing_file, "existing file")
 folder = _argument_type(folders.check_folder, "folder")

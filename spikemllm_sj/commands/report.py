@@ -147,6 +147,29 @@ def _ops_and_energy(run: dict, energy: dict) -> list[str]:
     return lines
 
 
+def _lava_whole(whole: dict) -> list[str]:
+    if "skipped" in whole:
+        return [f"Not run: {whole['skipped']}."]
+    t = whole["timings_s"]
+    lines = [
+        f"The converted model's generation on the shown rows ({whole['forwards']} forwards: the prefill and "
+        f"{whole['forwards'] - 1} greedy decode steps) as one Lava network of {whole['processes']} processes: "
+        f"{whole['site_calls']} site calls, {whole['lava_steps']} Lava steps.",
+        "",
+        f"Every forward's logits equal PyTorch spike mode's bit for bit: **{'yes' if whole['logits_exact'] else 'no'}**; "
+        f"generated tokens equal: **{'yes' if whole['tokens_equal'] else 'no'}**. Wall time: compile + start "
+        f"{t['compile_and_start']:.1f} s, run {t['run']:.1f} s, stop {t['stop']:.1f} s.",
+        "",
+        f"Emulated accelerator (counted in the processes; model, parameters fitted to the paper): prefill of "
+        f"{whole['prefill_tokens']} tokens in {whole['prefill_latency_s'] * 1e6:.2f} us",
+    ]
+    if whole["decode_tokens_per_s"] is not None:
+        lines[-1] += (f"; decode {whole['decode_tokens_per_s']:,.0f} tokens/s (the batch's rows together), "
+                      f"{whole['energy_per_decode_token_j'] * 1e6:.3f} uJ per token (chip)")
+    lines[-1] += ". `spikemllm lava --whole` prints the per-site comparison with the analytic model."
+    return lines
+
+
 def _lava(lava: dict) -> list[str]:
     if "skipped" in lava:
         return [f"Not run: {lava['skipped']}."]
@@ -232,6 +255,7 @@ def render_report(folder: str | Path) -> Path:
         *([("Evaluation", _evaluation(json.loads(evaluation.read_text())))] if evaluation.is_file() else []),
         ("Ops and energy", _ops_and_energy(run, energy)),
         ("One layer on Lava", _lava(run["lava"])),
+        *([("The whole model on Lava", _lava_whole(run["lava_whole"]))] if "lava_whole" in run else []),
         ("Plots", _plots(activity, plots)),
         ("Files", [_files(folder, run), "", f"Wall time: {timings}."]),
     ]
@@ -250,6 +274,10 @@ def format_summary(run: dict) -> str:
     lava = run["lava"]
     lava_line = f"skipped ({lava['skipped']})" if "skipped" in lava else (
         f"{lava['layer']} exact: {lava['exact']} (max abs diff {lava['max_abs_diff']:g}, {lava['lava_seconds']:.1f} s)")
+    whole = run.get("lava_whole", {"skipped": "an older run"})
+    whole_line = f"skipped ({whole['skipped']})" if "skipped" in whole else (
+        f"exact: {whole['exact']} ({whole['processes']} processes, {whole['lava_steps']} steps, "
+        f"{whole['timings_s']['run']:.1f} s)")
     head = f"{'check':<46}{'value':>14}"
     rows = [
         head,
@@ -263,6 +291,7 @@ def format_summary(run: dict) -> str:
         "-" * len(head),
         f"steps per token (probabilities excluded): {steps}",
         f"Lava: {lava_line}",
+        f"Lava, whole model: {whole_line}",
     ]
     for g in run["generation"]:
         rows.append(f"Q: {g['question']!r}\n   {label}: {g['float']!r}\n   fake-quant: {g['fake_quant']!r}\n   spiking: {g['spike']!r}")
