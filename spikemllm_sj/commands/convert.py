@@ -308,7 +308,7 @@ def _run(
         energy = _energy(report, config)
     with stage("lava"):
         lava = _lava(net, layer, lava_layer, rows)
-    whole = {"skipped": "not asked for (--lava-whole)"}
+    whole = {"skipped": "not asked for; --lava-whole runs it"}
     if lava_whole:
         with stage("lava whole model"):
             whole = _lava_whole(net, rows, new_tokens - 1)

@@ -153,7 +153,8 @@ def _lava_whole(whole: dict) -> list[str]:
     t = whole["timings_s"]
     lines = [
         f"The converted model's generation on the shown rows ({whole['forwards']} forwards: the prefill and "
-        f"{whole['forwards'] - 1} greedy decode steps) as one Lava network of {whole['processes']} processes: "
+        f"{whole['forwards'] - 1} greedy decode step{'' if whole['forwards'] == 2 else 's'}) as one Lava network of "
+        f"{whole['processes']} processes: "
         f"{whole['site_calls']} site calls, {whole['lava_steps']} Lava steps.",
         "",
         f"Every forward's logits equal PyTorch spike mode's bit for bit: **{'yes' if whole['logits_exact'] else 'no'}**; "
