@@ -12,6 +12,12 @@ simulated on Intel's Lava (lava-nc 0.10.0, ``Loihi2SimCfg``, floating or int32 f
   :func:`run_lava` runs it on a token stream and reads the outputs back; :func:`simulate` runs
   any graph of these processes and collects what its sinks receive. Every run leaves no process
   or shared memory behind, also after an error or a Ctrl-C at any point (``._lifecycle``).
+* :func:`run_model_on_lava`: the whole converted model (language model, vision tower, projector)
+  for a prefill and greedy decode steps, as one network of :class:`SiteNeurons` (MSTS coders),
+  :class:`SpikeSynapse` (weights and KV caches as state) and :class:`DecodedForward` (the model's
+  own code between the sites), equal to PyTorch spike mode bit for bit, with the accelerator
+  emulated in the processes (:mod:`spikemllm_sj.analysis.emulation`); :func:`model_mapping`
+  checks a model before anything runs.
 * ``.blocks``: converted layers of a real model on Lava, equal to PyTorch bit for bit:
   :func:`spec_from_spike_linear`, :func:`run_spike_linear`, :func:`run_mlp`,
   :func:`run_attention_projections`, and :func:`check_layer` (capture a layer's input, compare;
