@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from spikemllm_sj.neurons import SpikeCode
 
-__all__ = ["INT32_MAX", "power_of_two_exponent", "check_weights"]
+__all__ = ["INT32_MAX", "power_of_two_exponent", "check_weights", "float_words", "words_float"]
 
 INT32_MAX = int(np.iinfo(np.int32).max)
 
@@ -51,3 +52,20 @@ def check_weights(weights: np.ndarray, code: SpikeCode, weight_bits: int, name: 
             f"use fewer levels, fewer inputs or smaller weights"
         )
     return weights.astype(np.int32)
+
+
+def float_words(values: torch.Tensor) -> np.ndarray:
+    """Values as the int32 words of their float32 bits, flattened (int64): side values and logits
+    travel between processes as 32-bit words (Lava's fixed-point ports carry int32), losslessly
+    for float32, bf16 and fp16 tensors.
+
+    :raises TypeError: for float64 values, which 32 bits cannot carry.
+    """
+    if values.dtype == torch.float64:
+        raise TypeError("values travel between Lava processes as float32 words: float64 tensors are not supported")
+    return values.detach().cpu().to(torch.float32).contiguous().numpy().view(np.int32).astype(np.int64).reshape(-1)
+
+
+def words_float(words: np.ndarray) -> torch.Tensor:
+    """Inverse of :func:`float_words` (the words arrive as int32 or, from float ports, float64)."""
+    return torch.from_numpy(np.asarray(words).astype(np.int64).astype(np.int32).view(np.float32).copy())

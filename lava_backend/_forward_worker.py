@@ -14,25 +14,16 @@ from spikingjelly.activation_based.op_counter import DispatchCounterMode
 
 from spikemllm_sj.analysis.op_report import non_spiking_counter, scope_aliases
 from spikemllm_sj.ann2snn.sites import SpikeSite
+from spikemllm_sj.lava_backend._fixed_point import float_words
 from spikemllm_sj.lava_backend._site_calls import count_words
 from spikemllm_sj.lava_backend.model_plan import Generation, ModelPlan, SiteCall, greedy_generate
 
-__all__ = ["ForwardWorker", "float_words", "words_float"]
+__all__ = ["ForwardWorker"]
 
 # Seconds the Lava side waits for the model's code to reach its next call: the code between two
 # calls takes milliseconds to seconds (a large model's vision tower on a slow CPU); ten minutes
 # of silence means the thread is stuck.
 WORKER_TIMEOUT_S = 600.0
-
-
-def float_words(values: torch.Tensor) -> np.ndarray:
-    """Float32 values as the int32 words of their bits (losslessly for float32, bf16 and fp16)."""
-    return values.detach().to(torch.float32).contiguous().numpy().view(np.int32).astype(np.int64).reshape(-1)
-
-
-def words_float(words: np.ndarray) -> torch.Tensor:
-    """Inverse of :func:`float_words`."""
-    return torch.from_numpy(np.asarray(words).astype(np.int64).astype(np.int32).view(np.float32).copy())
 
 
 class ForwardWorker:

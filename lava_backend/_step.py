@@ -2,23 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
 __all__ = ["relay_step"]
 
 
-def relay_step(in_port, out_port, compute: Callable[[np.ndarray], np.ndarray], zeros: np.ndarray) -> None:
-    """Receive this step's message, ``compute`` the output and send it.
+def relay_step(
+    in_ports: Sequence, out_port, compute: Callable[..., np.ndarray], zeros: np.ndarray
+) -> None:
+    """Receive this step's message on each of ``in_ports``, ``compute(*messages)`` the output and
+    send it.
 
-    The input is received every step (an unread InPort stalls the run). If ``compute`` raises,
+    Every input is received every step (an unread InPort stalls the run). If ``compute`` raises,
     ``zeros`` are sent before re-raising: the downstream models wait for this step's message, and
     without one lava-nc 0.10.0 hangs instead of reporting the error.
     """
-    message = in_port.recv()
+    messages = [port.recv() for port in in_ports]
     try:
-        out = compute(message)
+        out = compute(*messages)
     except Exception:
         out_port.send(zeros)
         raise

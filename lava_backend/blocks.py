@@ -43,6 +43,7 @@ from lava.proc.io.source import RingBuffer
 from spikemllm_sj.ann2snn.adapters import adapter_for
 from spikemllm_sj.ann2snn.linear import LinearInput, SpikeLinear
 from spikemllm_sj.config import SpikeConfig
+from spikemllm_sj.lava_backend._fixed_point import float_words, words_float
 from spikemllm_sj.lava_backend.decoded_op.process import DecodedOp
 from spikemllm_sj.lava_backend.network import PRECISIONS, Precision, to_lava
 from spikemllm_sj.lava_backend.runner import run_lava, simulate
@@ -235,20 +236,6 @@ def _mlp_layers(mlp: nn.Module) -> tuple[SpikeLinear, SpikeLinear, SpikeLinear, 
     return (*parts, mlp.act_fn)
 
 
-def _to_words(scale: torch.Tensor) -> np.ndarray:
-    """Per-token scales as the int32 words of their float32 bits: the side values between stages
-    travel as 32-bit words (Lava's fixed-point sources send int32), losslessly for float32, bf16
-    and fp16 models."""
-    if scale.dtype == torch.float64:
-        raise TypeError("Lava MLP blocks pass per-token scales as float32 words: float64 models are not supported")
-    return scale.detach().cpu().to(torch.float32).numpy().view(np.int32).astype(np.int64)
-
-
-def _from_words(words: np.ndarray) -> torch.Tensor:
-    """Inverse of :func:`_to_words` (the words arrive as int32 or, from float models, float64)."""
-    return torch.from_numpy(np.asarray(words).astype(np.int64).astype(np.int32).view(np.float32).copy())
-
-
 @dataclass(frozen=True)
 class _MLP:
     """A converted gated MLP as its Lava network sees it: the first stage (gate and up, stacked
@@ -279,13 +266,13 @@ class _MLP:
             torch.set_num_threads(1)  # torch in a forked process: no thread pool inherited from the parent
             acc = torch.from_numpy(np.asarray(acc, dtype=np.int64))
             gate_y, up_y = (
-                layer.dequantize(acc[rows[j]].to(dtypes[j]), _from_words(scales)[j], dtype) for j, layer in enumerate(first)
+                layer.dequantize(acc[rows[j]].to(dtypes[j]), words_float(scales)[j], dtype) for j, layer in enumerate(first)
             )
             h = self.act_fn(gate_y) * up_y
             if down.transform is not None:
                 h = down.transform(h)
             levels, scale = down.quantize_tokens(h.reshape(1, 1, -1), torch.full((1, 1), m, dtype=torch.long))
-            return levels.reshape(-1).numpy(), _to_words(scale.reshape(1))
+            return levels.reshape(-1).numpy(), float_words(scale.reshape(1))
 
         return decoded
 
@@ -300,7 +287,7 @@ class _MLP:
             sources.append(data.reshape(size, -1))
         scale_data = np.zeros((len(self.first), windows, steps), dtype=np.int64)
         for j, host in enumerate(self.hosts):
-            scale_data[j, :n_tokens, steps - 1] = _to_words(host.scale[mask].reshape(-1))
+            scale_data[j, :n_tokens, steps - 1] = float_words(host.scale[mask].reshape(-1))
         return sources, scale_data.reshape(len(self.first), -1)
 
     def network(self, op: DecodedOp, sources: list[np.ndarray], code, precision: Precision) -> ty.Any:
@@ -352,7 +339,7 @@ def _run_mlp_modality(mlp: _MLP, m: int, precision: Precision, result: LavaBlock
     result.steps[name] = steps
     result.lava_steps += windows * steps
     result.lava_runs += 1
-    return torch.from_numpy(acc.astype(np.int64)), _from_words(scale).reshape(-1, 1)
+    return torch.from_numpy(acc.astype(np.int64)), words_float(scale).reshape(-1, 1)
 
 
 def run_mlp(mlp: nn.Module, x: torch.Tensor, modality: ModalityArg = None, *, precision: Precision = "fixed_pt") -> LavaBlockResult:

@@ -221,6 +221,12 @@ def _tokens_shape(x: torch.Tensor) -> tuple[int, int]:
     return (x.numel() // (x.shape[-2] * x.shape[-1]), x.shape[-2]) if x.dim() >= 3 else (1, x.numel() // x.shape[-1])
 
 
+def _window(site, ids: torch.Tensor) -> int:
+    """``T`` of a call of MSTS site ``site`` on tokens of modalities ``ids``: the most steps any
+    of them uses (the others start later in the window)."""
+    return max(site.encoder.config.steps_of(int(m)) for m in torch.unique(ids).tolist())
+
+
 class _Recorder:
     """Forward pre-hooks on every site that record its calls (shapes, steps, cache reuse)."""
 
@@ -253,15 +259,13 @@ class _Recorder:
             if isinstance(site, SpikeLinear):
                 (x,) = values[:1]
                 B, L = _tokens_shape(x)
-                ids = site.modality(B, L)
+                steps = _window(site, site.modality(B, L))
                 shape = dict(groups=1, rows=B * L, fan_in=site.in_features, fan_out=site.out_features)
-                steps = max(site.encoder.config.steps_of(int(m)) for m in torch.unique(ids).tolist())
                 keep = new = 0
             elif isinstance(site, SpikeScores):
                 query, key = values[:2]
                 B, H, L, d = query.shape
-                ids = site.modality(B, L)
-                steps = max(site.encoder.config.steps_of(int(m)) for m in torch.unique(ids).tolist())
+                steps = _window(site, site.modality(B, L))
                 shape = dict(groups=B * H, rows=L, fan_in=d, fan_out=key.shape[-2])
                 keep = self._keep(name, key)
                 new = key.shape[-2] - keep

@@ -44,7 +44,7 @@ from spikemllm_sj.analysis.op_report import layer_scopes
 from spikemllm_sj.ann2snn.attention import SpikeContext, SpikeScores
 from spikemllm_sj.ann2snn.linear import SpikeLinear
 from spikemllm_sj.ann2snn.sites import SpikeSite
-from spikemllm_sj.lava_backend._forward_worker import words_float
+from spikemllm_sj.lava_backend._fixed_point import words_float
 from spikemllm_sj.lava_backend._site_calls import check_accumulator, words_count
 from spikemllm_sj.lava_backend.decoded_forward.process import DecodedForward
 from spikemllm_sj.lava_backend.model_plan import (
@@ -88,15 +88,26 @@ class ForwardSession:
 
 @dataclass(frozen=True)
 class ModelMapping:
-    """How a converted model maps to Lava: its spike-driven sites (one ``SiteNeurons`` and one
-    ``SpikeSynapse`` each) and the layers that stay in float and run in ``DecodedForward``."""
+    """How a converted model maps to Lava: its spike-driven sites, what their processes get of
+    each (``specs``: codes, operand width, a linear site's integer weights), and the layers that
+    stay in float and run in ``DecodedForward``."""
 
     sites: dict[str, SpikeSite]
+    specs: dict[str, SiteSpec]
     float_layers: tuple[str, ...]
 
 
 def _root_scope(model: nn.Module, name: str) -> str:
     return f"{type(model).__name__}.{name}"
+
+
+def _site_spec(name: str, site: SpikeSite) -> SiteSpec:
+    if isinstance(site, SpikeLinear):
+        codes = {int(m): code for m, code in site.encoder.config.codes.items()}
+        return SiteSpec(name, site.kind, codes, site.weight_levels.bits, site.qweight.to(torch.int32).numpy())
+    if isinstance(site, SpikeScores):
+        return SiteSpec(name, site.kind, {int(m): code for m, code in site.encoder.config.codes.items()}, site.kv_levels.bits)
+    return SiteSpec(name, site.kind, {int(Modality.TEXT): site.prob.code}, site.kv_levels.bits)  # probabilities: one code
 
 
 def model_mapping(model: nn.Module) -> ModelMapping:
@@ -105,8 +116,8 @@ def model_mapping(model: nn.Module) -> ModelMapping:
     checked once it is planned, before any Lava process starts).
 
     :raises ValueError: the model is not converted, lives on an accelerator (Lava forks its
-        processes on the CPU), or a linear site's integer products could leave the int32
-        accumulator; ``TypeError`` for a site of a type the backend does not know. Each names the layer.
+        processes on the CPU), holds float64 parameters, or a linear site's integer products could
+        leave the int32 accumulator; ``TypeError`` for a site of a type the backend does not know. Each names the layer.
     """
     sites = {name: m for name, m in model.named_modules() if isinstance(m, SpikeSite)}
     if not sites:
@@ -114,16 +125,21 @@ def model_mapping(model: nn.Module) -> ModelMapping:
     devices = {p.device.type for p in model.parameters()} | {b.device.type for b in model.buffers()}
     if devices != {"cpu"}:
         raise ValueError(f"run_model_on_lava needs the model on the CPU (Lava forks its processes), got devices {sorted(devices)}")
+    if any(p.dtype == torch.float64 for p in model.parameters()):
+        raise ValueError("run_model_on_lava takes float32, bfloat16 or float16 models (their logits travel as float32 "
+                         "words), got float64 parameters")
+    specs = {}
     for name, site in sites.items():
         if not isinstance(site, _SITE_TYPES):
             raise TypeError(
                 f"{name} is a {type(site).__name__}, a spike-driven site the Lava backend cannot map "
                 f"(it maps {', '.join(t.__name__ for t in _SITE_TYPES)})"
             )
+        specs[name] = _site_spec(name, site)
         if isinstance(site, SpikeLinear):
-            check_accumulator(_site_spec(name, site))
+            check_accumulator(specs[name])
     floats = tuple(n for n, m in model.named_modules() if isinstance(m, _FLOAT_LAYERS) and not isinstance(m, SpikeSite))
-    return ModelMapping(sites=sites, float_layers=floats)
+    return ModelMapping(sites=sites, specs=specs, float_layers=floats)
 
 
 @dataclass(frozen=True)
@@ -185,15 +201,6 @@ class WholeModelRun:
         return self.logits_exact and self.tokens_equal
 
 
-def _site_spec(name: str, site: SpikeSite) -> SiteSpec:
-    if isinstance(site, SpikeLinear):
-        codes = {int(m): code for m, code in site.encoder.config.codes.items()}
-        return SiteSpec(name, site.kind, codes, site.weight_levels.bits, site.qweight.to(torch.int32).numpy())
-    if isinstance(site, SpikeScores):
-        return SiteSpec(name, site.kind, {int(m): code for m, code in site.encoder.config.codes.items()}, site.kv_levels.bits)
-    return SiteSpec(name, site.kind, {int(Modality.TEXT): site.prob.code}, site.kv_levels.bits)  # probabilities: one code
-
-
 def _stage_of(model: nn.Module, name: str) -> str:
     """The stage a site belongs to: the repeated block it is in (the child of the outermost
     ``ModuleList`` on its path: a decoder layer, a vision block), else its parent module (a projector)."""
@@ -215,7 +222,7 @@ def _build(plan: ModelPlan, mapping: ModelMapping, session: ForwardSession, para
         if plan.site_calls(name):  # sites the generation never called get no process
             stages.setdefault(name if grouping == "site" else _stage_of(session.model, name), []).append(name)
     for stage, names in stages.items():
-        sites = [_site_spec(n, mapping.sites[n]) for n in names]
+        sites = [mapping.specs[n] for n in names]
         calls = [c for c in plan.calls if c.site in names]
         neurons = SiteNeurons(calls=calls, sites=sites, payload_width=plan.payload_width,
                               membrane_bytes=params.membrane_bytes, name=f"{stage}.neurons")

@@ -95,7 +95,8 @@ def test_emulated_accounting_matches_the_counters(family_run):
     for scope in blocks:
         assert run.scope_ops[0][scope] == report.non_spiking_flops[scope] > 0, scope
     forwards = emulation.emulated_costs(run, params.accelerator)
-    comparison = emulation.compare_with_analytic(forwards[0], accelerator.workload_from_report(report), params)
+    workload = accelerator.workload_from_report(report)
+    comparison = emulation.compare_with_analytic(forwards[0], workload, accelerator.compare(workload, params), params)
     assert len(comparison) == len({t.call.site for t in prefill}) == len(report.sites)
     assert all(row.synops_emulated == row.synops_analytic for row in comparison)
     assert forwards[0].tokens == tiny.batch["input_ids"].numel() and all(f.tokens == 2 for f in forwards[1:])
@@ -132,6 +133,13 @@ def test_an_accumulator_beyond_int32_fails_before_anything_runs(monkeypatch):
         model_mapping(tiny.model)
     with pytest.raises(ValueError, match="beyond the int32 accumulator"):
         run_model_on_lava(tiny.model, tiny.batch)
+
+
+def test_a_float64_model_is_refused_before_anything_runs():
+    """Its logits cannot travel as float32 words without rounding."""
+    tiny = convert_tiny("tiny-llava")
+    with pytest.raises(ValueError, match="got float64 parameters"):
+        model_mapping(tiny.model.double())
 
 
 def test_a_process_error_is_reported_and_stops_the_runtime(monkeypatch):

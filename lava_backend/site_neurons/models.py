@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from lava.magma.core.decorator import implements, requires, tag
 from lava.magma.core.model.py.model import PyLoihiProcessModel
@@ -13,6 +15,7 @@ from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 # Absolute imports: Lava's compiler also executes this file as a bare module named "models".
 from spikemllm_sj.lava_backend._fixed_point import INT32_MAX
 from spikemllm_sj.lava_backend._site_calls import CodeTable, call_phases, check_range, count_words
+from spikemllm_sj.lava_backend._step import relay_step
 from spikemllm_sj.lava_backend.model_plan import NEURON_FIELDS
 from spikemllm_sj.lava_backend.site_neurons.process import SiteNeurons
 
@@ -28,16 +31,22 @@ class AbstractPySiteNeuronsModel(PyLoihiProcessModel):
         self._codes = {site: CodeTable.of(codes) for site, codes in proc_params["codes"].items()}
         self._membrane_bytes = proc_params["membrane_bytes"]
 
+    @functools.cached_property
+    def _silence(self) -> np.ndarray:
+        """The message of a step without spikes (never written to)."""
+        return np.zeros(self.s_out.shape, dtype=np.int64)
+
     def run_spk(self) -> None:
-        payload = self.payload_in.recv()
+        relay_step((self.payload_in,), self.s_out, self._fire, self._silence)
+
+    def _fire(self, payload: np.ndarray) -> np.ndarray:
+        """This step's spikes (and at a call's end the accounting); silence while no call runs."""
+        active = self._phases.get(self.time_step)
+        if active is None:
+            return self._silence
         out = np.zeros(self.s_out.shape, dtype=np.int64)
-        try:
-            active = self._phases.get(self.time_step)
-            if active is not None:
-                self._step(payload, *active, out)
-        finally:
-            # Sent before an error propagates: the synapse waits for this step's message.
-            self.s_out.send(out)
+        self._step(payload, *active, out)
+        return out
 
     def _start(self, call, payload: np.ndarray) -> None:
         n_levels, n_ids, _ = call.payload_sizes

@@ -26,7 +26,7 @@ class AbstractPySpikeDenseModel(PyLoihiProcessModel):
         raise NotImplementedError
 
     def run_spk(self) -> None:
-        relay_step(self.s_in, self.a_out, self.integrate, np.zeros_like(self.acc))
+        relay_step((self.s_in,), self.a_out, self.integrate, np.zeros_like(self.acc))
 
     def integrate(self, s_in: np.ndarray) -> np.ndarray:
         """One step of Horner's rule; returns ``acc + bias`` at a window's last step, else zeros."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -15,6 +16,7 @@ from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 # Absolute imports: Lava's compiler also executes this file as a bare module named "models".
 from spikemllm_sj.lava_backend._fixed_point import INT32_MAX
 from spikemllm_sj.lava_backend._site_calls import CodeTable, call_phases, check_range, count_words
+from spikemllm_sj.lava_backend._step import relay_step
 from spikemllm_sj.lava_backend.model_plan import NEURON_FIELDS, SYNAPSE_FIELDS
 from spikemllm_sj.lava_backend.spike_synapse.process import SpikeSynapse
 from spikemllm_sj.neurons import Modality
@@ -30,16 +32,22 @@ class AbstractPySpikeSynapseModel(PyLoihiProcessModel):
         self._phases = call_phases(proc_params["calls"])
         self._codes = {site: CodeTable.of(codes) for site, codes in proc_params["codes"].items()}
 
+    @functools.cached_property
+    def _silence(self) -> np.ndarray:
+        """The message of a step without a product (never written to)."""
+        return np.zeros(self.a_out.shape, dtype=np.int64)
+
     def run_spk(self) -> None:
-        spikes, payload = self.s_in.recv(), self.payload_in.recv()
+        relay_step((self.s_in, self.payload_in), self.a_out, self._integrate, self._silence)
+
+    def _integrate(self, spikes: np.ndarray, payload: np.ndarray) -> np.ndarray:
+        """This step's output: a call's product and accounting at its last step, else silence."""
+        active = self._phases.get(self.time_step)
+        if active is None:
+            return self._silence
         out = np.zeros(self.a_out.shape, dtype=np.int64)
-        try:
-            active = self._phases.get(self.time_step)
-            if active is not None:
-                self._step(spikes, payload, *active, out)
-        finally:
-            # Sent before an error propagates: the decoded stages wait for this step's message.
-            self.a_out.send(out)
+        self._step(spikes, payload, *active, out)
+        return out
 
     def _region(self, site: str) -> np.ndarray:
         """The site's operand: a view of its region of the Var (writes go to the state)."""

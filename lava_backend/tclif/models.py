@@ -31,7 +31,7 @@ class AbstractPyTCLIFModel(PyLoihiProcessModel):
         raise NotImplementedError
 
     def run_spk(self) -> None:
-        relay_step(self.a_in, self.s_out, self.fire, np.zeros_like(self.v))
+        relay_step((self.a_in,), self.s_out, self.fire, np.zeros_like(self.v))
 
     def fire(self, a_in: np.ndarray) -> np.ndarray:
         """One step of the neurons: charge, fire and soft reset; returns the spikes."""

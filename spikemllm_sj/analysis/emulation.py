@@ -33,7 +33,7 @@ import math
 import typing as ty
 from dataclasses import dataclass
 
-from spikemllm_sj.analysis.accelerator import AcceleratorParams, HardwareParams, Workload, accelerator_cost, compare
+from spikemllm_sj.analysis.accelerator import AcceleratorParams, Comparison, HardwareParams, Workload
 from spikemllm_sj.neurons import Modality
 
 __all__ = ["StageCost", "ForwardCost", "emulated_costs", "SiteComparison", "compare_with_analytic", "format_emulation"]
@@ -180,12 +180,14 @@ class SiteComparison:
         return self.cycles_emulated / self.cycles_analytic - 1 if self.cycles_analytic else 0.0
 
 
-def compare_with_analytic(prefill: ForwardCost, workload: Workload, params: HardwareParams) -> list[SiteComparison]:
-    """The prefill's sites, emulated against the analytic cost of ``workload`` (from an op report of
-    the same input): synaptic operations, compute cycles (analytic: ``synops / pe_count``), which
-    bound holds, and the dynamic-plus-static energy of the site on each side."""
+def compare_with_analytic(prefill: ForwardCost, workload: Workload, analytic: Comparison,
+                          params: HardwareParams) -> list[SiteComparison]:
+    """The prefill's sites, emulated against ``analytic`` (``compare(workload, params)``, the
+    workload from an op report of the same input): synaptic operations, compute cycles (analytic:
+    ``synops / pe_count``), which bound holds, and the dynamic-plus-static energy of the site on
+    each side."""
     p = params.accelerator
-    analytic = {layer.name: (layer, accelerator_cost(layer, workload, p)) for layer in workload.layers}
+    analytic = {layer.name: (layer, cost) for layer, cost in zip(workload.layers, analytic.accelerator)}
     rows: dict[str, list[StageCost]] = {}
     for stage in prefill.stages:
         rows.setdefault(stage.site, []).append(stage)
@@ -205,9 +207,10 @@ def compare_with_analytic(prefill: ForwardCost, workload: Workload, params: Hard
     return out
 
 
-def format_emulation(forwards: ty.Sequence[ForwardCost], comparison: ty.Sequence[SiteComparison], workload: Workload,
+def format_emulation(forwards: ty.Sequence[ForwardCost], comparison: ty.Sequence[SiteComparison], analytic: Comparison,
                      params: HardwareParams, not_mapped: dict[str, int], scope_ops: dict[str, tuple[int, int]]) -> str:
-    """Markdown tables: the prefill's sites emulated vs analytic, its non-spiking work per block
+    """Markdown tables: the prefill's sites emulated vs ``analytic`` (the same prefill's workload
+    costed by :func:`~spikemllm_sj.analysis.accelerator.compare`), its non-spiking work per block
     (``scope_ops``: block -> (ops counted in the Lava process, ops of the op report)), each
     forward's latency, throughput and energy, the prefill's work per modality, and what runs
     outside the spike-driven processes (``not_mapped``: float layer -> its ops)."""
@@ -224,7 +227,6 @@ def format_emulation(forwards: ty.Sequence[ForwardCost], comparison: ty.Sequence
     lines += ["", "Prefill, non-spiking work per block: counted in the DecodedForward process vs the op report", "",
               "| block | ops (Lava) | ops (op report) |", "|---|---:|---:|"]
     lines += [f"| {scope} | {mine:,} | {theirs:,} |" for scope, (mine, theirs) in scope_ops.items()]
-    analytic = compare(workload, params)
     acc_s = sum(c.time_s for c in analytic.accelerator)
     gpu_s = sum(c.time_s for c in analytic.gpu)
     lines += ["", "Each forward on the emulated accelerator (stages one after another; static power over the latency)", "",

@@ -141,13 +141,13 @@ def _whole(args, config, done, model, batch, params, build_seconds: float) -> in
     # The analytic model on the same input: generate's prefill, counted in PyTorch.
     report = prefill_op_report(model, batch)
     workload = accelerator.workload_from_report(report, config.weight_bits, config.kv_bits)
+    analytic = accelerator.compare(workload, params)
     forwards = emulation.emulated_costs(run, params.accelerator)
-    comparison = emulation.compare_with_analytic(forwards[0], workload, params)
+    comparison = emulation.compare_with_analytic(forwards[0], workload, analytic, params)
     root = type(model).__name__
     not_mapped = {n: run.scope_ops[0][f"{root}.{n}"] for n in run.mapping.float_layers}
     blocks = {s: (run.scope_ops[0][s], report.non_spiking_flops[s]) for s in report.non_spiking_flops if s in run.scope_ops[0]}
-    text = emulation.format_emulation(forwards, comparison, workload, params, not_mapped, blocks)
-    analytic = accelerator.compare(workload, params)
+    text = emulation.format_emulation(forwards, comparison, analytic, params, not_mapped, blocks)
     exact = run.exact and done.run.spike_equals_twin()
     if args.json:
         print(json.dumps({
