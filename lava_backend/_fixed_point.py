@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from spikemllm_sj.neurons import SpikeCode
+from spikemllm_sj.neurons import FIXED_STEP_SCHEMES, SpikeCode
 
-__all__ = ["INT32_MAX", "power_of_two_exponent", "check_weights", "float_words", "words_float"]
+__all__ = ["INT32_MAX", "power_of_two_exponent", "check_fixed_steps", "check_weights", "float_words", "words_float"]
 
 INT32_MAX = int(np.iinfo(np.int32).max)
 
@@ -19,14 +19,26 @@ def power_of_two_exponent(value: int, name: str) -> int:
     return value.bit_length() - 1
 
 
+def check_fixed_steps(code: SpikeCode, name: str) -> None:
+    """Refuse a code whose steps depend on the values: the processes' time line is planned with
+    each code's own steps (``ValueError`` naming ``name``)."""
+    if code.data_dependent:
+        raise ValueError(
+            f"{name}: the Lava backend maps codes with fixed steps; {code.scheme!r} takes as many steps as each "
+            f"call's largest count needs (use one of {', '.join(FIXED_STEP_SCHEMES)})"
+        )
+
+
 def check_weights(weights: np.ndarray, code: SpikeCode, weight_bits: int, name: str = "weights") -> np.ndarray:
     """``weights`` ``[out, in]`` as int32, after checking that they fit the synapse.
 
     The weights must be integers in ``[-2**(weight_bits-1), 2**(weight_bits-1) - 1]``, and every
     partial sum of the window, at most ``max_row sum|W| * sum(code.weights)`` in magnitude (spikes are
     -1/0/+1), must fit the int32 accumulator of the fixed-point model. Both models accept the same
-    layers. Nothing is clipped or wrapped: a violation raises ``ValueError``.
+    layers. Nothing is clipped or wrapped: a violation raises ``ValueError``, as does a code with
+    data-dependent steps (:func:`check_fixed_steps`).
     """
+    check_fixed_steps(code, name)
     if isinstance(weight_bits, bool) or not isinstance(weight_bits, int) or not 2 <= weight_bits <= 16:
         raise ValueError(f"weight_bits must be an int in [2, 16], got {weight_bits!r}")
     weights = np.asarray(weights)

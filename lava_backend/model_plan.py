@@ -32,6 +32,7 @@ from spikemllm_sj.analysis.op_report import OpReport, op_report_of
 from spikemllm_sj.ann2snn.attention import SpikeContext, SpikeScores
 from spikemllm_sj.ann2snn.linear import SpikeLinear
 from spikemllm_sj.ann2snn.sites import SpikeSite
+from spikemllm_sj.lava_backend._fixed_point import check_fixed_steps
 from spikemllm_sj.neurons import Modality, SpikeCode
 
 __all__ = [
@@ -68,6 +69,10 @@ class SiteSpec:
     codes: ty.Mapping[int, SpikeCode]
     operand_bits: int
     weights: ty.Optional[np.ndarray] = None
+
+    def __post_init__(self):
+        for code in self.codes.values():
+            check_fixed_steps(code, self.name)
 
 
 @dataclass(frozen=True)

@@ -3,12 +3,13 @@
 Installed as ``spikemllm_sj.neurons``; it imports nothing from the rest of ``spikemllm_sj``, only
 torch and SpikingJelly. The data path: a quantizer's integer levels (:mod:`.levels`, the contract
 every code reproduces) -> a spike code (:class:`SpikeCode`) -> a neuron that emits it
-(:class:`TCLIFNode` and the rate-coding baselines) or the per-modality encoder
+(:class:`TCLIFNode`, the rate-coding baselines and the neighbouring systems' codes:
+:class:`ClippedBidirectionalRateNode`, :class:`MeanThresholdBitwiseNode`) or the per-modality encoder
 (:class:`MSTSEncoder`) -> the spike-driven product (:func:`spike_matmul`; a layer for networks
 built by hand: :class:`SpikeDrivenLinear`) -> decoding (:func:`decode`, :class:`SpikeDecoder`).
 """
 
-from .coding import SCHEMES, Scheme, SpikeCode
+from .coding import DATA_DEPENDENT_SCHEMES, FIXED_STEP_SCHEMES, MEAN_THRESHOLD_DIVISOR, SCHEMES, Scheme, SpikeCode, bitwise_steps
 from .levels import (
     Granularity,
     IntLevels,
@@ -18,6 +19,7 @@ from .levels import (
     divide_by_scale,
     fake_quantize,
     level_dtype,
+    mean_threshold_scale,
     quantize,
     round_half_up,
     scale_from_absmax,
@@ -27,6 +29,8 @@ from .msts import Modality, MSTSConfig, MSTSEncoder, MSTSSpikes, token_mask
 from .nodes import (
     BidirectionalRateNode,
     BinaryRateNode,
+    ClippedBidirectionalRateNode,
+    MeanThresholdBitwiseNode,
     SpikeCodingNode,
     SpikeDecoder,
     TCLIFNode,
@@ -49,9 +53,14 @@ __all__ = [
     "fake_quantize",
     "absmax_scale",
     "scale_from_absmax",
+    "mean_threshold_scale",
     "SCHEMES",
+    "DATA_DEPENDENT_SCHEMES",
+    "FIXED_STEP_SCHEMES",
     "Scheme",
     "SpikeCode",
+    "MEAN_THRESHOLD_DIVISOR",
+    "bitwise_steps",
     "Modality",
     "MSTSConfig",
     "MSTSEncoder",
@@ -61,6 +70,8 @@ __all__ = [
     "TCLIFNode",
     "BinaryRateNode",
     "BidirectionalRateNode",
+    "ClippedBidirectionalRateNode",
+    "MeanThresholdBitwiseNode",
     "SpikeDecoder",
     "decode",
     "integrate",

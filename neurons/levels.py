@@ -36,13 +36,16 @@ __all__ = [
     "fake_quantize",
     "absmax_scale",
     "scale_from_absmax",
+    "mean_threshold_scale",
 ]
 
 Granularity = Literal["tensor", "channel", "token"]
 _GRANULARITIES = ("tensor", "channel", "token")
 
-# 2**16 levels keep every integer level and every partial sum of spikes exact in float32.
-MAX_LEVELS = 1 << 16
+# 2**24 levels keep every integer level (|q| < 2**23) and every partial sum of spikes exact in
+# float32. Codes with that many steps are not useful; the bound serves the mean-threshold code,
+# whose counts reach 3 x the fan-in (18 bits for a 29568-wide layer).
+MAX_LEVELS = 1 << 24
 
 
 @dataclass(frozen=True)
@@ -50,7 +53,7 @@ class IntLevels:
     """``levels`` integer levels, signed (symmetric) or unsigned.
 
     :param levels: number of levels ``L``, a power of two; at least 4 when signed, 2 when unsigned,
-        at most 65536.
+        at most ``2**24``.
     :param signed: symmetric signed levels ``-(L/2-1)..L/2-1`` or unsigned ``0..L-1``.
     """
 
@@ -209,10 +212,11 @@ def absmax_scale(x: torch.Tensor, levels: IntLevels, granularity: Granularity = 
     return scale_from_absmax(amax, levels)
 
 
-def scale_from_absmax(amax: torch.Tensor, levels: IntLevels | torch.Tensor) -> torch.Tensor:
+def scale_from_absmax(amax: torch.Tensor, levels: IntLevels | int | torch.Tensor) -> torch.Tensor:
     """``amax / qmax`` in ``level_dtype(amax.dtype)``, and 1 where ``amax`` is zero (an all-zero
-    slice: any scale encodes it exactly). ``levels`` gives ``qmax``, or is a tensor of ``qmax``
-    values broadcasting to ``amax`` (one per token, when tokens have their own levels).
+    slice: any scale encodes it exactly). ``levels`` gives ``qmax``, is the level ``amax`` maps
+    onto (an int), or is a tensor of such levels broadcasting to ``amax`` (one per token, when
+    tokens have their own levels).
 
     A positive ``amax`` so small that ``amax / qmax`` would fall below the smallest normal number
     of that dtype gets that number as its scale instead (not 0, which no code can use): its levels
@@ -220,6 +224,33 @@ def scale_from_absmax(amax: torch.Tensor, levels: IntLevels | torch.Tensor) -> t
     """
     dtype = level_dtype(amax.dtype)
     amax = amax.to(dtype)
-    qmax = levels.qmax if isinstance(levels, IntLevels) else levels.to(dtype)
+    if isinstance(levels, IntLevels):
+        qmax = levels.qmax
+    elif isinstance(levels, int) and not isinstance(levels, bool):
+        if levels < 1:
+            raise ValueError(f"the level amax maps onto must be a positive int, got {levels}")
+        qmax = levels
+    else:
+        qmax = levels.to(dtype)
     scale = (amax / qmax).clamp_min_(torch.finfo(dtype).tiny)
     return torch.where(amax > 0, scale, torch.ones_like(scale))
+
+
+def mean_threshold_scale(x: torch.Tensor, divisor: float) -> torch.Tensor:
+    """Per-token threshold ``vth = mean(|x|) / divisor`` ``[..., 1]`` of ``x`` ``[..., D]``, in
+    ``level_dtype(x.dtype)`` (SpikingBrain's ``dynamic_spikes`` with ``k = divisor``); 1 for an
+    all-zero token, and the smallest normal number of that dtype for a positive one so small that
+    the quotient would underflow (as :func:`scale_from_absmax`).
+
+    The counts ``round(x / vth)`` it gives are at most ``divisor * D`` in magnitude, since
+    ``max |x| <= D mean |x|``.
+    """
+    check_finite(x)
+    if x.dim() == 0 or x.shape[-1] == 0:
+        raise ValueError(f"a per-token mean threshold needs x of shape [..., D] with D >= 1, got {tuple(x.shape)}")
+    if isinstance(divisor, bool) or not isinstance(divisor, (int, float)) or not divisor > 0:
+        raise ValueError(f"divisor must be a positive number, got {divisor!r}")
+    dtype = level_dtype(x.dtype)
+    mean = x.detach().to(dtype).abs().mean(-1, keepdim=True)
+    vth = (mean / divisor).clamp_min_(torch.finfo(dtype).tiny)
+    return torch.where(mean > 0, vth, torch.ones_like(vth))

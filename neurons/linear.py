@@ -68,6 +68,11 @@ class SpikeDrivenLinear(nn.Module, base.MultiStepModule):
             raise TypeError(f"input_node must be a SpikeCodingNode (e.g. TCLIFNode), got {type(input_node).__name__}")
         if not isinstance(weight_levels, IntLevels) or not weight_levels.signed:
             raise ValueError(f"weight_levels must be signed IntLevels, got {weight_levels!r}")
+        if input_node.code.scale_rule == "mean":
+            raise ValueError(
+                f"input_node codes {input_node.code.scheme!r}, whose scale is each token's mean threshold: it does "
+                "not factor out of the integer accumulation as one per-tensor scale"
+            )
         if input_node.scale.numel() != 1:
             raise ValueError(
                 f"input_node.scale must be one scale per tensor (shape []), got shape {tuple(input_node.scale.shape)}: "

@@ -9,12 +9,18 @@ scale ``s`` and ``V_{-1} = offset``::
     S_t = [H_t >= theta] - [H_t <= -theta]            fire (ternary codes; binary ones drop the -1)
     V_t = H_t - theta * S_t                           soft reset
 
+(``rate_bidirectional_clipped`` clips the charge, ``H_t`` to ``+-membrane_clip``.)
+
 An activation is encoded by presenting it at the first step and nothing afterwards
 (:meth:`SpikeCodingNode.encode`). For TC-LIF, ``lam = 2`` and ``theta = 2**(T-1)``: doubling the
 membrane against a fixed threshold is the same as halving the threshold each step, so the spikes
 are the signed binary digits of the level, most significant first, and a level beyond the range
 fires at every step, which is the quantizer's clamp. A current that arrives at a later step ``t``
 enters at ``2**-t`` of the weight of the first step's.
+
+The mean-threshold code (:class:`MeanThresholdBitwiseNode`) has TC-LIF's dynamics with a
+data-dependent ``T``: a call's train has as many steps as the bit length of its largest level, and
+the threshold of a ``T``-step train, ``2**(T-1)``; its scale is each token's ``mean(|x|) / 3``.
 
 Gradients: the charge's rounding passes gradients straight through; firing uses the node's
 surrogate function, so the neurons can be fine-tuned like any SpikingJelly neuron.
@@ -29,8 +35,16 @@ import torch.nn.modules.module as nn_module
 from spikingjelly.activation_based import base, surrogate
 from spikingjelly.activation_based.neuron import BaseNode
 
-from .coding import Scheme, SpikeCode
-from .levels import IntLevels, check_finite, check_scale, divide_by_scale, level_dtype, round_half_up
+from .coding import MEAN_THRESHOLD_DIVISOR, Scheme, SpikeCode, bitwise_steps
+from .levels import (
+    IntLevels,
+    check_finite,
+    check_scale,
+    divide_by_scale,
+    level_dtype,
+    mean_threshold_scale,
+    round_half_up,
+)
 from .stats import SpikeStats, spike_statistics
 
 __all__ = [
@@ -38,6 +52,8 @@ __all__ = [
     "TCLIFNode",
     "BinaryRateNode",
     "BidirectionalRateNode",
+    "ClippedBidirectionalRateNode",
+    "MeanThresholdBitwiseNode",
     "SpikeDecoder",
     "decode",
     "input_current",
@@ -55,7 +71,9 @@ class SpikeCodingNode(BaseNode):
     :param code: the spike code (levels, steps, leak, threshold).
     :param scale: quantization scale, a positive float or a tensor that broadcasts to the input
         (``[]`` per tensor, ``[D]`` per channel, ``[N, ..., 1]`` per token). A ``scale=`` keyword
-        given at call time replaces it for that call (dynamic per-token scales).
+        given at call time replaces it for that call (dynamic per-token scales). A code whose
+        :attr:`~SpikeCode.scale_rule` is ``"mean"`` ignores it: without ``scale=``, each token's
+        threshold ``mean(|x|) / 3`` is its scale.
     :param surrogate_function: surrogate gradient of the firing step.
     :param detach_reset: detach the soft reset from the graph.
     :param step_mode: ``'s'`` (input ``[N, *]``) or ``'m'`` (input ``[T, N, *]``).
@@ -92,6 +110,8 @@ class SpikeCodingNode(BaseNode):
 
     def extra_repr(self) -> str:
         lv = self.code.levels
+        if self.code.data_dependent:  # no fixed steps, threshold or scale: each call's own
+            return f"scheme={self.code.scheme}, levels={lv.levels}, steps<={self.steps}, step_mode={self.step_mode}"
         return (
             f"scheme={self.code.scheme}, levels={lv.levels}, signed={lv.signed}, steps={self.steps}, "
             f"scale_shape={tuple(self.scale.shape)}, " + super().extra_repr()
@@ -117,19 +137,64 @@ class SpikeCodingNode(BaseNode):
     def _levels_of(self, x: torch.Tensor, scale: Optional[torch.Tensor]) -> torch.Tensor:
         """Input current in membrane units, ``floor(x / scale + 1/2)`` in ``level_dtype(x.dtype)``,
         with a straight-through gradient."""
-        check_finite(x)
-        u = divide_by_scale(x, check_scale(self.scale if scale is None else scale, x))
+        u = divide_by_scale(x, self._scale_for(x, scale))
         if not u.requires_grad:
             return round_half_up(u, inplace=True).to(level_dtype(x.dtype))
         return (round_half_up(u.detach()) + (u - u.detach())).to(level_dtype(x.dtype))
 
-    def _fire_and_reset(self, h: torch.Tensor, out: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Fire on the charged membrane ``h`` and soft-reset it: ``(spike, membrane)``.
+    def _scale_for(self, x: torch.Tensor, scale: Optional[torch.Tensor]) -> torch.Tensor:
+        """The scale of input ``x``: ``scale`` if given, else the node's (or, for a code scaled by
+        the mean magnitude, each token's mean threshold)."""
+        check_finite(x)
+        if scale is None and self.code.scale_rule == "mean":
+            return mean_threshold_scale(x, MEAN_THRESHOLD_DIVISOR)
+        return check_scale(self.scale if scale is None else scale, x)
+
+    def train_steps(self, levels: torch.Tensor) -> int:
+        """Steps of the train that encodes integer ``levels``: the code's :attr:`steps`, or, for a
+        data-dependent code, the bit length of the largest magnitude (at least 1).
+
+        :raises ValueError: a level of a data-dependent code beyond its range (its counts are
+            never clipped).
+        """
+        if not self.code.data_dependent:
+            return self.steps
+        steps = int(bitwise_steps(levels, dim=None)) if levels.numel() else 1
+        if steps > self.steps:
+            top = int(levels.detach().abs().amax())
+            raise ValueError(
+                f"a spike count of {top} needs {steps} steps, beyond the {self.steps} of the {self.code.scheme} code's "
+                f"{self.code.levels.bits}-bit range (its counts are never clipped): give the code more levels"
+            )
+        return steps
+
+    def _threshold(self, steps: int) -> float:
+        # A data-dependent code's train of `steps` steps fires against 2**(steps - 1), TC-LIF's
+        # threshold for that length; the other codes have one threshold.
+        return float(1 << (steps - 1)) if self.code.data_dependent else self.v_threshold
+
+    def _charge(self, level: torch.Tensor, v) -> torch.Tensor:
+        """``H = leak * V + level``, clipped to ``+-membrane_clip`` for a code that clips (a new
+        tensor: :meth:`_fire_and_reset` may reuse it)."""
+        h = torch.add(level, v, alpha=self.code.leak)
+        return self._clip(h)
+
+    def _clip(self, h: torch.Tensor) -> torch.Tensor:
+        bound = self.code.membrane_clip
+        if bound is None:
+            return h
+        return h.clamp_(-bound, bound) if _inference(h) else h.clamp(-bound, bound)
+
+    def _fire_and_reset(
+        self, h: torch.Tensor, out: Optional[torch.Tensor] = None, theta: Optional[float] = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fire on the charged membrane ``h`` against ``theta`` (default: the node's threshold) and
+        soft-reset it: ``(spike, membrane)``.
 
         Without autograd, the spike is written to ``out`` (if given) and ``h``'s storage is reused
         for the membrane: ``h`` must be a temporary of the caller.
         """
-        theta = self.v_threshold
+        theta = self.v_threshold if theta is None else theta
         if _inference(h):
             # heaviside(h - theta) - heaviside(-h - theta) is trunc(h / theta) limited to [-1, 1]
             # ([0, 1] for binary spikes); theta is a power of two, so the division is exact.
@@ -144,34 +209,48 @@ class SpikeCodingNode(BaseNode):
         return spike, h - theta * spike_d
 
     def single_step_functional_forward(self, inputs, states, scale: Optional[torch.Tensor] = None):
-        h = torch.add(self._levels_of(inputs[0], scale), states[0], alpha=self.code.leak)
-        spike, v = self._fire_and_reset(h)
+        spike, v = self._fire_and_reset(self._charge(self._levels_of(inputs[0], scale), states[0]))
         return (spike,), (v, *states[1:])
 
     def multi_step_functional_forward(self, inputs, states, scale: Optional[torch.Tensor] = None):
-        # The single-step equations at every step, with the charge of all steps in one pass.
+        # The single-step equations at every step, with the charge of all steps in one pass; a
+        # data-dependent code's threshold is that of the input's T.
+        steps = inputs[0].shape[0]
+        if self.code.data_dependent and steps > self.steps:
+            raise ValueError(f"x_seq has {steps} steps, beyond the {self.steps} of the {self.code.scheme} code's range")
+        theta = self._threshold(steps)
         v, spikes = states[0], []
         for level in self._levels_of(inputs[0], scale):
-            spike, v = self._fire_and_reset(torch.add(level, v, alpha=self.code.leak))
+            spike, v = self._fire_and_reset(self._charge(level, v), theta=theta)
             spikes.append(spike)
+        # A current that T bits cannot carry leaves charge behind (one they can leaves none): for
+        # a code whose counts are never clipped that is an error, not TC-LIF's saturation.
+        if self.code.data_dependent and bool(v.detach().ne(0).any()):
+            raise ValueError(
+                f"x_seq of {steps} steps carries counts its {steps} bits cannot hold (charge left: up to "
+                f"{float(v.detach().abs().max()):g}); the {self.code.scheme} code never clips: give more steps"
+            )
         return (torch.stack(spikes),), (v, *states[1:])
 
     def encode(self, x: torch.Tensor, scale: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Spike train ``[T, *x.shape]`` of ``x`` (in ``level_dtype(x.dtype)``): the activation
-        presented at the first step.
+        presented at the first step; ``T`` is :meth:`train_steps` of its levels.
 
         Pure: the module's membrane is neither read nor written.
         """
         leak = self.code.leak
         h = self._levels_of(x, scale)
+        steps = self.train_steps(h)
+        theta = self._threshold(steps)
         inference = _inference(h)
         if self.code.offset:
             h = h.add_(leak * self.code.offset) if inference else h + leak * self.code.offset
-        spikes = h.new_empty((self.steps, *h.shape)) if inference else [None] * self.steps
-        for t in range(self.steps):
+        h = self._clip(h)
+        spikes = h.new_empty((steps, *h.shape)) if inference else [None] * steps
+        for t in range(steps):
             if t:
                 h = v if leak == 1 else v.mul_(leak) if inference else leak * v
-            spike, v = self._fire_and_reset(h, out=spikes[t] if inference else None)
+            spike, v = self._fire_and_reset(h, out=spikes[t] if inference else None, theta=theta)
             if not inference:
                 spikes[t] = spike
         return spikes if inference else torch.stack(spikes)
@@ -202,7 +281,12 @@ class SpikeCodingNode(BaseNode):
             # Nothing would see the call (no hook, no stored membranes): the same train from the
             # activation itself, without the T-step input current and its T-fold charge.
             return self.encode(x, scale)
-        current = input_current(x, self.steps)
+        if self.code.data_dependent:
+            scale = self._scale_for(x, scale)  # once: the steps and the train come from the same thresholds
+            steps = self.train_steps(self._levels_of(x, scale))
+        else:
+            steps = self.steps
+        current = input_current(x, steps)
         self.reset()
         try:
             return self(current, scale=scale)
@@ -220,7 +304,12 @@ class SpikeCodingNode(BaseNode):
         return bool(own or every or self.store_v_seq)
 
     def decode(self, spikes: torch.Tensor, scale: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """The value that ``spikes`` ``[T, N, *]`` carry, ``[N, *]`` (see :func:`decode`)."""
+        """The value that ``spikes`` ``[T, N, *]`` carry, ``[N, *]`` (see :func:`decode`).
+
+        :raises ValueError: no ``scale`` for a code scaled per token by the mean magnitude (the
+            thresholds are not in the spikes)."""
+        if scale is None and self.code.scale_rule == "mean":
+            raise ValueError(f"decoding {self.code.scheme} spikes needs scale= (each token's threshold, from the encoded input)")
         return decode(spikes, self.code, self.scale if scale is None else scale)
 
     def statistics(self, spikes: torch.Tensor) -> SpikeStats:
@@ -259,10 +348,49 @@ class BidirectionalRateNode(SpikeCodingNode):
         super().__init__(SpikeCode("rate_bidirectional", IntLevels(levels, True)), scale, **kwargs)
 
 
+class ClippedBidirectionalRateNode(SpikeCodingNode):
+    """Bidirectional rate coding with membrane clipping, our reading of SDLLM's (INFERENCE, see
+    :mod:`~spikemllm_sj.neurons.coding`): signed spikes of weight 1 over ``T = L/2 - 1`` steps,
+    the charged membrane clipped to ``+-T`` thresholds, levels on the symmetric grid of ``2 L``
+    levels (the scale a caller gives maps a token's absmax onto ``L - 1``:
+    :attr:`~SpikeCode.absmax_level`).
+
+    :param levels: the levels its spikes carry, ``L`` (a power of two, at least 4).
+    """
+
+    def __init__(self, levels: int = 16, scale: float | torch.Tensor = 1.0, **kwargs):
+        super().__init__(SpikeCode("rate_bidirectional_clipped", IntLevels(levels, True)), scale, **kwargs)
+
+
+class MeanThresholdBitwiseNode(SpikeCodingNode):
+    """Mean-threshold bitwise coding after SpikingBrain's W8ASpike (see
+    :mod:`~spikemllm_sj.neurons.coding` for where ours differs): each token's threshold
+    ``vth = mean(|x|) / 3`` is its scale, the count ``round(x / vth)`` is not clipped, and it is
+    sent as signed bits, most significant first, over the bit length of the call's largest count
+    (at most ``log2(L) - 1`` steps; a count beyond raises). Multi-step only: a train's length,
+    and so its threshold, is known only once the call's counts are.
+
+    :param levels: the range ``L`` of the counts (default ``2**18``: counts up to 131071, enough
+        for ``3 D`` with ``D <= 43690`` channels).
+    """
+
+    def __init__(self, levels: int = 1 << 18, **kwargs):
+        if "scale" in kwargs:
+            raise TypeError("MeanThresholdBitwiseNode takes no scale: each token's threshold mean(|x|) / 3 is its "
+                            "scale (pass scale= at call time to give the thresholds)")
+        kwargs.setdefault("step_mode", "m")
+        super().__init__(SpikeCode("mean_threshold_bitwise", IntLevels(levels, True)), **kwargs)
+
+    def supported_step_mode(self):
+        return ("m",)
+
+
 NODE_CLASSES: dict[Scheme, type[SpikeCodingNode]] = {
     "tc_lif": TCLIFNode,
     "rate_binary": BinaryRateNode,
     "rate_bidirectional": BidirectionalRateNode,
+    "rate_bidirectional_clipped": ClippedBidirectionalRateNode,
+    "mean_threshold_bitwise": MeanThresholdBitwiseNode,
 }
 
 
@@ -304,10 +432,12 @@ def decode(
     :param offset: per-element offset replacing ``code.offset`` (the MSTS encoder passes one per token).
     """
     check_finite(spikes, "spikes")
-    if spikes.dim() < 1 or spikes.shape[0] != code.steps:
+    steps = spikes.shape[0] if spikes.dim() else 0
+    if not (1 <= steps <= code.steps if code.data_dependent else steps == code.steps):
+        uses = f"1 to {code.steps}" if code.data_dependent else f"{code.steps}"
         raise ValueError(
-            f"spikes of shape {tuple(spikes.shape)} has {spikes.shape[0] if spikes.dim() else 0} time steps but "
-            f"the code ({code.scheme}, L={code.levels.levels}) uses {code.steps}"
+            f"spikes of shape {tuple(spikes.shape)} has {steps} time steps but "
+            f"the code ({code.scheme}, L={code.levels.levels}) uses {uses}"
         )
     acc = integrate(spikes.to(level_dtype(spikes.dtype)), code.leak)
     offset = code.offset if offset is None else offset

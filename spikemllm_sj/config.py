@@ -32,7 +32,9 @@ class SpikeConfig:
 
     Activations: every ``nn.Linear`` input and the attention query are spike trains whose levels
     and steps come from ``msts``: language-model tokens by modality (image tokens Tv, text tokens
-    Tt), the vision tower and the projector with the image modality's code (Tv).
+    Tt), the vision tower and the projector with the image modality's code (Tv). Any scheme of
+    :data:`~spikemllm_sj.neurons.coding.SCHEMES` serves; the data-dependent ``mean_threshold_bitwise``
+    takes dynamic scales only and no activation clip.
 
     :param msts: time steps (or bits) per modality and the spike code.
     :param plan: per-site overrides of ``msts`` (:class:`~spikemllm_sj.ann2snn.plan.MSTSPlan`:
@@ -54,7 +56,7 @@ class SpikeConfig:
         ``"static"`` (per tensor and modality, from :func:`~spikemllm_sj.ann2snn.calibration.calibrate`).
         Attention operands always use dynamic scales.
     :param act_clip: clip ratio of the linear-layer input scales, in (0, 1] (the scale maps
-        ``act_clip * absmax`` onto ``qmax``; larger values clamp), or ``"search"``: per layer and
+        ``act_clip * absmax`` onto the code's absmax level, ``qmax`` for most codes; larger values clamp), or ``"search"``: per layer and
         modality, the ratio of :data:`CLIP_RATIOS` with the least output error on the
         calibration's sampled inputs (needs a calibration).
     :param kv_clip: clip ratio of the key and value scales, in (0, 1].
@@ -99,6 +101,12 @@ class SpikeConfig:
         _check_ratio("kv_clip", self.kv_clip)
         if self.weight_clip not in ("none", "mse"):
             raise ValueError(f"weight_clip must be 'none' or 'mse', got {self.weight_clip!r}")
+        if self.msts.data_dependent and (self.act_scales != "dynamic" or self.act_clip != 1.0):
+            raise ValueError(
+                f"scheme {self.msts.scheme!r} sets each token's threshold from its own mean magnitude and never clips "
+                f"its counts: it needs act_scales='dynamic' and act_clip=1.0, got act_scales={self.act_scales!r}, "
+                f"act_clip={self.act_clip!r}"
+            )
         self.method.validate(self)
 
     def to_dict(self) -> dict:

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from spikemllm_sj.commands.cli import main
+from spikemllm_sj.neurons import SCHEMES
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -15,11 +16,14 @@ def test_demo_checks_exactness_and_writes_json(tmp_path, capsys):
     assert "tc_lif" in printed and "rate_binary" in printed
     result = json.loads((tmp_path / "neurons.json").read_text())
     rows = {r["scheme"]: r for r in result["rows"]}
-    assert set(rows) == {"tc_lif", "rate_bidirectional", "rate_binary"}
+    assert set(rows) == set(SCHEMES)
     assert all(r["exact"] and r["linear_exact"] for r in rows.values())
-    # 5-bit text and 4-bit image tokens: TC-LIF 4/3 steps, bidirectional 15/7, binary offset code 30/14.
+    # 5-bit text and 4-bit image tokens: TC-LIF 4/3 steps, bidirectional 15/7 (clipped too), binary offset code 30/14.
     assert (rows["tc_lif"]["steps_text"], rows["tc_lif"]["steps_image"]) == (4, 3)
     assert (rows["rate_bidirectional"]["steps_text"], rows["rate_bidirectional"]["steps_image"]) == (15, 7)
+    assert (rows["rate_bidirectional_clipped"]["steps_text"], rows["rate_bidirectional_clipped"]["steps_image"]) == (15, 7)
+    # The mean-threshold code's steps follow each token's largest count: not one count for all.
+    assert rows["mean_threshold_bitwise"]["steps_per_token"] != int(rows["mean_threshold_bitwise"]["steps_per_token"])
     assert (rows["rate_binary"]["steps_text"], rows["rate_binary"]["steps_image"]) == (30, 14)
     assert rows["tc_lif"]["synops"] == rows["tc_lif"]["spikes"] * result["info"]["out_features"]
     assert rows["tc_lif"]["synops"] < rows["rate_bidirectional"]["synops"] < rows["rate_binary"]["synops"]

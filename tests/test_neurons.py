@@ -15,6 +15,7 @@ from spikingjelly.activation_based.op_counter import DispatchCounterMode, SynOpC
 from spikemllm_sj.neurons import (
     BidirectionalRateNode,
     BinaryRateNode,
+    ClippedBidirectionalRateNode,
     IntLevels,
     SpikeCode,
     SpikeDecoder,
@@ -30,8 +31,10 @@ CODERS = [
     (lambda L, **kw: BinaryRateNode(L, signed=True, **kw), "rate_binary", True),
     (lambda L, **kw: BinaryRateNode(L, signed=False, **kw), "rate_binary", False),
     (lambda L, **kw: BidirectionalRateNode(L, **kw), "rate_bidirectional", True),
+    (lambda L, **kw: ClippedBidirectionalRateNode(L, **kw), "rate_bidirectional_clipped", True),
 ]
-CODER_IDS = ["tc_lif", "tc_lif_unsigned", "rate_binary", "rate_binary_unsigned", "rate_bidirectional"]
+CODER_IDS = ["tc_lif", "tc_lif_unsigned", "rate_binary", "rate_binary_unsigned", "rate_bidirectional",
+             "rate_bidirectional_clipped"]
 
 
 def expected_steps(scheme: str, L: int, signed: bool) -> int:
@@ -272,7 +275,7 @@ def test_spike_driven_linear_counts_synops_with_spikingjelly_op_counter():
 # Bad input.
 
 
-@pytest.mark.parametrize("L", [0, 2, 3, 12, 100, 1 << 17])
+@pytest.mark.parametrize("L", [0, 2, 3, 12, 100, 1 << 25])
 def test_bad_level_counts(L):
     with pytest.raises(ValueError, match="levels must be a power of two"):
         TCLIFNode(L)

@@ -91,7 +91,11 @@ class SiteReport:
 
 @dataclass(frozen=True)
 class OpReport:
-    """Spike-driven and non-spiking work of one forward pass."""
+    """Spike-driven and non-spiking work of one forward pass.
+
+    :param data_dependent_steps: the activation code's steps follow the values
+        (``mean_threshold_bitwise``): steps per token are averages of each token's own.
+    """
 
     model: str
     sites: tuple[SiteReport, ...]
@@ -99,6 +103,7 @@ class OpReport:
     non_spiking_by_op: dict[str, int]
     float_modules: tuple[str, ...]
     unsupported_ops: dict[str, int]
+    data_dependent_steps: bool = False
 
     @property
     def synops(self) -> int:
@@ -146,6 +151,8 @@ class OpReport:
         lines.append("-" * len(head))
         steps = ", ".join(f"{k} {v:.2f}" for k, v in self.steps_per_token().items())
         lines.append(f"total: {self.spikes} spikes, {self.synops} synaptic ops; steps per token: {steps}")
+        if self.data_dependent_steps:
+            lines.append("  (data-dependent steps: the mean of each token's own, the bit length of its largest spike count)")
         lines.append("non-spiking FLOPs (norms, softmax, activations, rotary, residuals, float layers):")
         for scope, flops in self.non_spiking_flops.items():
             lines.append(f"  {scope:<70}{flops:>14}")
@@ -241,4 +248,5 @@ def op_report_of(model: nn.Module, run: Callable[[], object]) -> OpReport:
         non_spiking_by_op=dict(sorted(by_op.items(), key=lambda kv: -kv[1])),
         float_modules=float_modules,
         unsupported_ops=mode.get_unsupported(flops),
+        data_dependent_steps=state.config.msts.data_dependent,
     )

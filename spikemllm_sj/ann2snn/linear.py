@@ -64,7 +64,9 @@ class SpikeLinear(MSTSSite):
             # the transform applied to the rows of H, then to the rows of (H A)^T = A^T H (H symmetric).
             hessian = self.transform(self.transform(hessian.double()).T).T
         qweight, scale = quantize_weight(weight, weight_levels, hessian, weight_clip_ratios)
-        storage = torch.int8 if weight_levels.bits <= 8 else torch.int16  # IntLevels has at most 16 bits
+        if weight_levels.bits > 16:
+            raise ValueError(f"weight_levels must have at most 16 bits (int16 storage), got {weight_levels.bits}")
+        storage = torch.int8 if weight_levels.bits <= 8 else torch.int16
         self.register_buffer("qweight", qweight.to(storage))
         self.register_buffer("weight_scale", scale.reshape(1, -1).to(weight.dtype))
         self.weight_levels = weight_levels

@@ -24,9 +24,11 @@ from spikemllm_sj.neurons import (
     Modality,
     MSTSConfig,
     MSTSEncoder,
+    MEAN_THRESHOLD_DIVISOR,
     exact_dtype,
     integer_matmul,
     level_dtype,
+    mean_threshold_scale,
     scale_from_absmax,
     spike_matmul,
 )
@@ -185,11 +187,17 @@ class MSTSSite(SpikeSite):
         # Static (calibrated) input absmax per modality, indexed by Modality value; NaN where the
         # calibration saw no token of that modality. All NaN: dynamic per-token scales.
         self.register_buffer("static_absmax", torch.full((len(Modality),), float("nan")))
-        # Clip ratio per modality in (0, 1]: the scale maps ratio * absmax onto qmax, and levels
-        # beyond clamp (the neuron's saturation is the quantizer's clamp).
+        # Clip ratio per modality in (0, 1]: the scale maps ratio * absmax onto the code's absmax
+        # level (qmax for most codes), and levels beyond clamp (the neuron's saturation is the quantizer's clamp).
         self.register_buffer("clip", torch.ones(len(Modality)))
 
+    def _refuse_for_data_dependent(self, what: str) -> None:
+        if self.encoder.config.data_dependent:
+            raise ValueError(f"{what}: the {self.encoder.config.scheme} code takes each token's threshold from its own "
+                             "mean magnitude and never clips")
+
     def set_static_absmax(self, absmax: dict[Modality, float]) -> None:
+        self._refuse_for_data_dependent("static input scales")
         values = torch.full_like(self.static_absmax, float("nan"))
         for modality, value in absmax.items():
             if not value > 0:
@@ -199,6 +207,7 @@ class MSTSSite(SpikeSite):
 
     def set_clip(self, ratios: dict[Modality, float]) -> None:
         """Clip ratios per modality, each in (0, 1] (the others stay at 1)."""
+        self._refuse_for_data_dependent("clip ratios")
         values = self.clip.clone()
         for modality, ratio in ratios.items():
             if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio <= 1:
@@ -210,15 +219,21 @@ class MSTSSite(SpikeSite):
     def static(self) -> bool:
         return not bool(torch.isnan(self.static_absmax).all())
 
-    def token_qmax(self, ids: torch.Tensor) -> torch.Tensor:
-        """The ``qmax`` of each token's modality ``[B, L, 1]`` (float32; 1 for a modality without
-        steps, which the encoder refuses)."""
-        return self.encoder.level_table(torch.float32, ids.device)[1].clamp_min(1)[ids].unsqueeze(-1)
+    def token_absmax_level(self, ids: torch.Tensor) -> torch.Tensor:
+        """The level each token's absmax maps onto ``[B, L, 1]`` (float32): its modality's
+        :attr:`~spikemllm_sj.neurons.SpikeCode.absmax_level` (1 for a modality without steps, which
+        the encoder refuses)."""
+        return self.encoder.level_table(torch.float32, ids.device)[2].clamp_min(1)[ids].unsqueeze(-1)
 
     def token_scale(self, x3: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """Per-token scales ``[B, L, 1]`` (``level_dtype(x3.dtype)``) of tokens ``x3`` ``[B, L, K]``
-        with modalities ``ids`` ``[B, L]``: ``clip * absmax / qmax``, the absmax from the
-        calibration (static) or each token's own (dynamic). Each depends on that token alone."""
+        with modalities ``ids`` ``[B, L]``: ``clip * absmax / absmax_level``, the absmax from the
+        calibration (static) or each token's own (dynamic); for a code scaled by the mean
+        magnitude (``mean_threshold_bitwise``; no static scales, no clip: see
+        :class:`~spikemllm_sj.config.SpikeConfig`), each token's ``mean(|x|) / 3``. Each depends
+        on that token alone."""
+        if self.encoder.config.data_dependent:
+            return mean_threshold_scale(x3, MEAN_THRESHOLD_DIVISOR)
         if self.static:
             absmax = self.static_absmax.to(ids.device)[ids]
             if torch.isnan(absmax).any():
@@ -228,7 +243,7 @@ class MSTSSite(SpikeSite):
         else:
             absmax = x3.detach().abs().amax(-1, keepdim=True)
         clip = self.clip.to(ids.device)[ids].unsqueeze(-1)
-        return scale_from_absmax(absmax.to(level_dtype(x3.dtype)) * clip, self.token_qmax(ids))
+        return scale_from_absmax(absmax.to(level_dtype(x3.dtype)) * clip, self.token_absmax_level(ids))
 
     def quantize_tokens(self, x3: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The integer levels ``[B, L, K]`` and scales ``[B, L, 1]`` of tokens ``x3`` ``[B, L, K]``
@@ -263,7 +278,9 @@ class MSTSSite(SpikeSite):
         if self.mode == "fake_quant" or self.product_backend is not None:
             levels, scale = self.encoder.quantize(x3, ids, scale)
             if self.mode == "fake_quant":
-                return integer_matmul(levels, other, self._level_bound(), other_qmax).to(dtype), scale
+                # A data-dependent code's bound is the call's largest count (its range is far wider).
+                bound = max(1, int(levels.abs().amax())) if self.encoder.config.data_dependent and levels.numel() else self._level_bound()
+                return integer_matmul(levels, other, bound, other_qmax).to(dtype), scale
             # Spike mode with the spike-driven product elsewhere: its neurons encode these levels.
             return self.product_backend(self, levels, ids, other, other_qmax).to(dtype), scale
         out = self.encoder(x3, ids, scale, spike_dtype=torch.int8)

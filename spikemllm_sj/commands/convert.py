@@ -63,6 +63,7 @@ from spikemllm_sj.med.analysis import LowFidelityError, MEDConfig, scheduled_con
 from spikemllm_sj.med.schedule import check_budget
 from spikemllm_sj.models.inputs import decode, model_label, read_image
 from spikemllm_sj.models.loading import BUILTIN_MODELS, EASYVQA_LLAVA, ModelLoadError, load_model
+from spikemllm_sj.neurons import DATA_DEPENDENT_SCHEMES
 
 __all__ = ["run_convert", "add_parser", "run"]
 
@@ -94,9 +95,19 @@ DEFAULT_MED_BUDGET = 3.3  # average steps per language-model token for the MED s
 MED_BATCHES = 2  # calibration batches MED measures on (each setting it probes runs all of them)
 
 
+def _no_lava(config: SpikeConfig) -> str:
+    """Why ``config``'s codes do not run on Lava ("" when they do)."""
+    return (f"the Lava backend maps codes with fixed steps; {config.msts.scheme}'s follow the values"
+            if config.msts.data_dependent else "")
+
+
 def _lava_layer(net, layer: Optional[str], config: SpikeConfig, is_builtin: bool) -> Optional[str]:
     """The module path to run on Lava (``"auto"`` resolved), checked on the float model against
     what ``convert`` will make spike-driven, before any work on it; None: no Lava run."""
+    if _no_lava(config):
+        if layer not in ("auto", None):
+            raise ValueError(f"lava_layer {layer!r}: {_no_lava(config)} (give none)")
+        return None
     if layer == "auto":
         layer = f"{adapter_for(net).language_model}.layers.0.mlp" if is_builtin else None
     if layer is not None:
@@ -107,10 +118,11 @@ def _lava_layer(net, layer: Optional[str], config: SpikeConfig, is_builtin: bool
     return layer
 
 
-def _lava(model, layer: Optional[str], asked: Optional[str], batch: dict) -> dict:
+def _lava(model, layer: Optional[str], asked: Optional[str], batch: dict, config: SpikeConfig) -> dict:
     if layer is None:
-        reason = "no Lava layer asked for" if asked is None else \
-            "checkpoints other than the built-in models run no Lava layer unless one is named (--lava-layer PATH)"
+        reason = _no_lava(config) or ("no Lava layer asked for" if asked is None else
+                                      "checkpoints other than the built-in models run no Lava layer unless one is named "
+                                      "(--lava-layer PATH)")
         return {"skipped": reason}
     from spikemllm_sj.lava_backend import check_layer
 
@@ -164,7 +176,7 @@ def _ops(report: OpReport) -> dict:
 
 def _check_arguments(
     out_dir, config: SpikeConfig, inputs: ModelInputs, new_tokens: int, med_budget: Optional[float], batch_size: int,
-    min_cosine: Optional[float],
+    min_cosine: Optional[float], lava_whole: bool,
 ) -> None:
     """Everything :func:`run_convert` can check before loading the model.
 
@@ -192,6 +204,8 @@ def _check_arguments(
         if inputs.calibration is None:
             raise ValueError("the MED schedule needs calibration records: give a JSONL of them, or no MED budget")
     require_calibration_data(config, inputs.calibration)
+    if lava_whole and _no_lava(config):
+        raise ValueError(f"lava_whole: {_no_lava(config)}")
     files = {f"image {image}": image for image, _ in inputs.rows}
     files.update({"calibration data": inputs.calibration, "evaluation data": inputs.evaluation})
     for name, path in files.items():
@@ -258,7 +272,7 @@ def run_convert(
     """
     config = RECOMMENDED if config is None else config
     inputs = inputs_for(model) if inputs is None else inputs
-    _check_arguments(out_dir, config, inputs, new_tokens, med_budget, batch_size, min_cosine)
+    _check_arguments(out_dir, config, inputs, new_tokens, med_budget, batch_size, min_cosine, lava_whole)
     with run_folder(out_dir, "run.json", "out_dir") as partial:
         summary = _run(model, Path(out_dir), partial, config, inputs, new_tokens, lava_layer, lava_whole, med_budget,
                        min_cosine, save_model, batch_size, seed, dtype, progress)
@@ -307,7 +321,7 @@ def _run(
     with stage("energy"):
         energy = _energy(report, config)
     with stage("lava"):
-        lava = _lava(net, layer, lava_layer, rows)
+        lava = _lava(net, layer, lava_layer, rows, config)
     whole = {"skipped": "not asked for; --lava-whole runs it"}
     if lava_whole:
         with stage("lava whole model"):
@@ -475,7 +489,12 @@ def inputs_of(args: argparse.Namespace) -> ModelInputs:
 
 def med_budget_of(args: argparse.Namespace) -> Optional[float]:
     """The MED budget of ``--med-budget`` and the step options: explicit steps and an explicit
-    budget exclude each other; explicit steps alone mean no MED schedule."""
+    budget exclude each other; explicit steps alone, or a code with data-dependent steps, mean no
+    MED schedule."""
+    if args.scheme in DATA_DEPENDENT_SCHEMES:  # its steps follow the values: nothing to schedule
+        if args.med_budget not in (_UNSET, None):
+            raise ValueError(f"--med-budget: the {args.scheme} code's steps follow the values; MED has no steps to choose")
+        return None
     if args.med_budget is _UNSET:
         return None if options.steps_given(args) else DEFAULT_MED_BUDGET
     if args.med_budget is not None and options.steps_given(args):

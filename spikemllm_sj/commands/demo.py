@@ -1,8 +1,9 @@
 """``spikemllm demo``: the spike codes end to end, then one tiny model converted.
 
 A seeded activation ``[1, L, D]`` with text, image and text spans is encoded with MSTS under
-TC-LIF and the two rate-coding baselines at the same levels, decoded, compared with the
-quantizer, and driven through a spike-driven linear layer whose synaptic operations
+every spike code (TC-LIF, the two rate-coding baselines and the clipped bidirectional code at
+the same levels, the mean-threshold bitwise code with its own thresholds), decoded, compared with
+the quantizer, and driven through a spike-driven linear layer whose synaptic operations
 SpikingJelly's ``SynOpCounter`` counts; then a tiny offline model is converted, compared with its
 fake-quant twin and FP32, and counted (:func:`run_conversion`).
 """
@@ -23,14 +24,14 @@ from spikemllm_sj.commands import options
 from spikemllm_sj.commands.common import convert_compare_report
 from spikemllm_sj.commands.run_folder import run_folder
 from spikemllm_sj.models.tiny import TINY_MODELS, build_tiny_model, tiny_batch
-from spikemllm_sj.neurons import IntLevels, Modality, MSTSConfig, MSTSEncoder, binary_planes, integrate, quantize
+from spikemllm_sj.neurons import DATA_DEPENDENT_SCHEMES, SCHEMES, Modality, MSTSConfig, MSTSEncoder, binary_planes, integrate, quantize
 
 __all__ = ["DemoRow", "ConversionSummary", "run_demo", "run_conversion", "format_table", "add_parser", "run"]
 
 MARKER = "neurons.json"  # what makes a folder a previous demo's
-# Bits of the paper's Tv/Tt = 3/4 (TC-LIF steps): 4 for image tokens, 5 for text tokens.
+# Bits of the paper's Tv/Tt = 3/4 (TC-LIF steps): 4 for image tokens, 5 for text tokens; the
+# mean-threshold code, whose counts are never clipped, takes its default range instead.
 BITS = {"text": 5, "image": 4}
-SCHEMES = ("tc_lif", "rate_bidirectional", "rate_binary")
 
 
 @dataclass(frozen=True)
@@ -63,12 +64,12 @@ def run_demo(seed: int = 0, dim: int = 64, out_features: int = 48) -> tuple[list
     weight = torch.randint(-127, 128, (out_features, dim), generator=g).float()  # int8 weights
     rows = []
     for scheme in SCHEMES:
-        config = MSTSConfig(bits=BITS, scheme=scheme)
+        config = MSTSConfig(scheme=scheme) if scheme in DATA_DEPENDENT_SCHEMES else MSTSConfig(bits=BITS, scheme=scheme)
         out = MSTSEncoder(config)(x, ids)
         want_q = torch.empty_like(x)
-        for m, bits in BITS.items():
+        for m in BITS:
             mask = ids == Modality.parse(m)
-            want_q[mask] = quantize(x[mask], out.scale[mask], IntLevels.from_bits(bits))
+            want_q[mask] = quantize(x[mask], out.scale[mask], config.code_of(m).levels)
         exact = torch.equal(out.decode(), want_q * out.scale)
 
         # Spike-driven linear layer: per step, add the weight columns that +1 and -1 spikes select.
@@ -84,8 +85,9 @@ def run_demo(seed: int = 0, dim: int = 64, out_features: int = 48) -> tuple[list
         rows.append(
             DemoRow(
                 scheme=scheme,
-                steps_text=config.steps_of("text"),
-                steps_image=config.steps_of("image"),
+                # The most steps a token of each modality used (a data-dependent code's follow the values).
+                steps_text=int(out.steps[ids == Modality.TEXT].max()),
+                steps_image=int(out.steps[ids == Modality.IMAGE].max()),
                 steps_per_token=float(out.steps.float().mean()),
                 exact=exact,
                 spikes=stats.spikes,
@@ -105,11 +107,11 @@ def run_demo(seed: int = 0, dim: int = 64, out_features: int = 48) -> tuple[list
 
 
 def format_table(rows: list[DemoRow]) -> str:
-    head = f"{'scheme':<20}{'Tt':>4}{'Tv':>4}{'steps/tok':>10}{'exact':>7}{'spikes':>9}{'rate':>7}{'synops':>10}{'W·s exact':>11}"
+    head = f"{'scheme':<27}{'Tt':>4}{'Tv':>4}{'steps/tok':>10}{'exact':>7}{'spikes':>9}{'rate':>7}{'synops':>10}{'W·s exact':>11}"
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(
-            f"{r.scheme:<20}{r.steps_text:>4}{r.steps_image:>4}{r.steps_per_token:>10.2f}{str(r.exact):>7}"
+            f"{r.scheme:<27}{r.steps_text:>4}{r.steps_image:>4}{r.steps_per_token:>10.2f}{str(r.exact):>7}"
             f"{r.spikes:>9}{r.firing_rate:>7.3f}{r.synops:>10}{str(r.linear_exact):>11}"
         )
     return "\n".join(lines)
@@ -181,8 +183,9 @@ def _print_neurons(rows: list[DemoRow], info: dict) -> None:
     print(
         f"MSTS spike coding of a [1, {sum(tokens.values())}, {info['dim']}] activation "
         f"({tokens['text']} text, {tokens['image']} image tokens; {info['bits']['text']}-bit text, "
-        f"{info['bits']['image']}-bit image), per-token absmax scales, seed {info['seed']}.\n"
-        f"exact: decoded spikes == quantizer output, bit for bit. W·s exact: spike-driven "
+        f"{info['bits']['image']}-bit image), per-token absmax scales, seed {info['seed']}; mean_threshold_bitwise: "
+        f"per-token thresholds mean|x|/3, unclipped counts, steps per token as its counts need.\n"
+        f"Tt, Tv: the most steps a token used. exact: decoded spikes == quantizer output, bit for bit. W·s exact: spike-driven "
         f"int8 linear {info['dim']}->{info['out_features']} == integer matmul. synops: SpikingJelly SynOpCounter.\n"
     )
     print(format_table(rows))

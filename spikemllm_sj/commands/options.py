@@ -22,7 +22,7 @@ from spikemllm_sj.commands import run_folder as folders
 from spikemllm_sj.commands.common import check_prompt
 from spikemllm_sj.config import RECOMMENDED, SpikeConfig
 from spikemllm_sj.models.loading import BUILTIN_MODELS, EASYVQA_LLAVA
-from spikemllm_sj.neurons import MSTSConfig
+from spikemllm_sj.neurons import DATA_DEPENDENT_SCHEMES, SCHEMES, MSTSConfig
 from spikemllm_sj.quantization.methods import METHODS, method_from_dict
 
 __all__ = [
@@ -253,7 +253,7 @@ def add_config(parser: argparse.ArgumentParser, steps: bool = True, dtype: bool 
 
 def _add_steps(group) -> None:
     group.add_argument("--steps-text", type=positive_int, default=None, metavar="TT",
-                       help=f"TC-LIF time steps of text tokens, Tt (default {DEFAULT_STEPS['text']}; convert: chosen "
+                       help=f"time steps of text tokens, Tt (default {DEFAULT_STEPS['text']}; convert: chosen "
                             "by MED unless given)")
     group.add_argument("--steps-image", type=positive_int, default=None, metavar="TV",
                        help=f"time steps of image and video tokens, Tv (default {DEFAULT_STEPS['image']}; convert: chosen "
@@ -262,6 +262,11 @@ def _add_steps(group) -> None:
 
 def _add_quantization(group) -> None:
     default_options = ", ".join(f"{k}={json.dumps(v)}" for k, v in _method_options(DEFAULTS.method).items())
+    group.add_argument("--scheme", default=DEFAULTS.msts.scheme, choices=SCHEMES,
+                       help="the spike code of the activations (spikemllm_sj.neurons.coding): TC-LIF, the rate-coding "
+                            "baselines, our reading of SDLLM's clipped bidirectional code, or SpikingBrain's mean-threshold "
+                            "bitwise code (its steps follow the values: no --steps-*, no MED, and --act-clip 1) "
+                            f"(default {DEFAULTS.msts.scheme}; the steps must suit the code, e.g. 7/3 for rate_bidirectional)")
     group.add_argument("--method", default=DEFAULTS.method.name, choices=sorted(METHODS),
                        help="the ANN quantization method the spikes carry (spikemllm_sj.quantization.methods; "
                             f"default {DEFAULTS.method.name})")
@@ -304,8 +309,18 @@ def spike_config(args: argparse.Namespace) -> SpikeConfig:
 
     :raises ValueError: a field's value is not accepted (the message names the option's field).
     """
-    steps = {m: getattr(args, f"steps_{m}", None) or DEFAULT_STEPS[m] for m in DEFAULT_STEPS}
-    msts = MSTSConfig(steps={**steps, "video": steps["image"]})
+    scheme = args.scheme
+    if scheme in DATA_DEPENDENT_SCHEMES:
+        if steps_given(args):
+            raise ValueError(f"--steps-text/--steps-image: the {scheme} code's steps follow the values; give no steps")
+        msts = MSTSConfig(scheme=scheme)
+    else:
+        steps = {m: getattr(args, f"steps_{m}", None) or DEFAULT_STEPS[m] for m in DEFAULT_STEPS}
+        try:
+            msts = MSTSConfig(steps={**steps, "video": steps["image"]}, scheme=scheme)
+        except ValueError as error:
+            raise ValueError(f"--scheme {scheme} with --steps-text {steps['text']} / --steps-image {steps['image']}"
+                             f"{' (the defaults)' if not steps_given(args) else ''}: {error}") from None
     # The default method keeps its default parameters (e.g. Hadamard's fallback) unless overridden.
     defaults = _method_options(DEFAULTS.method) if args.method == DEFAULTS.method.name else {}
     options = dict(args.method_option)
@@ -328,6 +343,8 @@ def config_flags(config: SpikeConfig) -> list[str]:
     differs from the defaults: ``spike_config(parse(flags))`` is ``config`` (steps and plan aside).
     """
     flags = []
+    if config.msts.scheme != DEFAULTS.msts.scheme:
+        flags += ["--scheme", config.msts.scheme]
     if config.method.name != DEFAULTS.method.name or config.method != DEFAULTS.method:
         flags += ["--method", config.method.name]
         baseline = DEFAULTS.method if config.method.name == DEFAULTS.method.name else type(config.method)()
@@ -352,7 +369,7 @@ def _method_options(method) -> dict:
 def config_from_mapping(mapping: dict) -> SpikeConfig:
     """The :class:`SpikeConfig` of options given as a mapping, as lmms-eval's ``model_args`` give
     them: each key is an option of :func:`add_config` without its dashes, hyphens as underscores
-    (``method``, ``method_option``, ``weight_method``, ``weight_bits``, ``weight_clip``,
+    (``scheme``, ``method``, ``method_option``, ``weight_method``, ``weight_bits``, ``weight_clip``,
     ``act_scales``, ``act_clip``, ``kv_bits``, ``kv_clip``, ``prob_bits``, ``convert_lm_head``,
     ``steps_text``, ``steps_image``), each value its command-line text (``method_option``: one or
     more ``KEY=VALUE`` separated by ``;``; ``convert_lm_head``: ``true`` / ``false``). Parsed by the

@@ -24,7 +24,8 @@ REQUIRED = ("run.json", "activity.json", "energy.json")
 
 def _steps_text(msts: dict) -> str:
     codes = MSTSConfig(bits=msts["bits"], scheme=msts["scheme"], signed=msts["signed"]).codes
-    return ", ".join(f"{m.name.lower()} {c.steps} steps ({c.levels.bits}-bit)" for m, c in codes.items())
+    return ", ".join(f"{m.name.lower()} {'at most ' if c.data_dependent else ''}{c.steps} steps ({c.levels.bits}-bit)"
+                     for m, c in codes.items())
 
 
 def _med_text(med: dict) -> str:

@@ -52,7 +52,7 @@ from spikemllm_sj.med.schedule import (
     schedule,
 )
 from spikemllm_sj.med.steps import ALL, VISION, Plan, Sections, decoder_layers, model_sections, steps_applied, uniform_plan
-from spikemllm_sj.neurons import MSTSConfig
+from spikemllm_sj.neurons import FIXED_STEP_SCHEMES, MSTSConfig
 
 __all__ = [
     "OVER", "LowFidelityError", "MEDConfig", "MEDStudy", "SensitivityEntry", "analyze", "baselines", "compare",
@@ -311,6 +311,11 @@ def analyze(
         raise TypeError(f"config must be a SpikeConfig, got {type(config).__name__}")
     if not isinstance(med, MEDConfig):
         raise TypeError(f"med must be a MEDConfig, got {type(med).__name__}")
+    if config.msts.data_dependent:
+        raise ValueError(
+            f"config.msts.scheme {config.msts.scheme!r} has data-dependent steps (each token's follow its counts): "
+            f"MED has no steps to choose for it; use a scheme with fixed steps ({', '.join(FIXED_STEP_SCHEMES)})"
+        )
     for t in med.candidates:  # raises for step counts the scheme cannot take
         MSTSConfig(steps={"text": t}, scheme=config.msts.scheme, signed=config.msts.signed)
     _check_model(model)
