@@ -339,3 +339,10 @@ def test_clipped_code_on_lava_equals_pytorch():
         convert(model, SpikeConfig(msts=CLIPPED))
     run = run_model_on_lava(model, batch, decode_steps=1)
     assert run.exact and run.tokens_equal
+
+
+def test_lava_command_refuses_the_data_dependent_code_up_front(capsys):
+    from spikemllm_sj.commands.cli import main
+
+    assert main(["lava", "--model", "tiny-llava", "--scheme", "mean_threshold_bitwise", "--act-clip", "1"]) == 2
+    assert "maps codes with fixed steps" in capsys.readouterr().err

@@ -30,12 +30,13 @@ from spikemllm_sj.commands.common import (
 )
 from spikemllm_sj.models.loading import ModelLoadError, load_model
 from spikemllm_sj.models.tiny import TINY_MODELS, tiny_batch
+from spikemllm_sj.neurons import FIXED_STEP_SCHEMES
 
 __all__ = ["add_parser", "run"]
 
 _PARTS = {
     "linear": "one SpikeLinear",
-    "mlp": "TC-LIF -> gate|up -> act_fn(gate)*up -> TC-LIF -> down, one Lava network per modality",
+    "mlp": "spike coder -> gate|up -> act_fn(gate)*up -> spike coder -> down, one Lava network per modality",
     "qkv": "q/k/v projections as one SpikeDense",
 }
 
@@ -184,6 +185,9 @@ def run(args: argparse.Namespace) -> int:
         args.decode_steps = 4 if args.decode_steps is None else args.decode_steps
         args.grouping = args.grouping or "layer"
         config = options.spike_config(args)
+        if config.msts.data_dependent:
+            raise ValueError(f"--scheme {config.msts.scheme}: the Lava backend maps codes with fixed steps "
+                             f"({', '.join(FIXED_STEP_SCHEMES)}); this code's steps follow the values")
         params = accelerator.load_params(params_file)
         model, processor = load_model(args.model, seed=args.seed, dtype=getattr(torch, args.dtype))
         layer = args.layer or f"{adapter_for(model).language_model}.layers.0.mlp"
