@@ -21,10 +21,10 @@ from spikingjelly.activation_based import base
 
 from spikemllm_sj.ann2snn.modalities import ModalitySource
 from spikemllm_sj.neurons import (
+    MEAN_THRESHOLD_DIVISOR,
     Modality,
     MSTSConfig,
     MSTSEncoder,
-    MEAN_THRESHOLD_DIVISOR,
     exact_dtype,
     integer_matmul,
     level_dtype,

@@ -24,7 +24,16 @@ from spikemllm_sj.commands import options
 from spikemllm_sj.commands.common import convert_compare_report
 from spikemllm_sj.commands.run_folder import run_folder
 from spikemllm_sj.models.tiny import TINY_MODELS, build_tiny_model, tiny_batch
-from spikemllm_sj.neurons import DATA_DEPENDENT_SCHEMES, SCHEMES, Modality, MSTSConfig, MSTSEncoder, binary_planes, integrate, quantize
+from spikemllm_sj.neurons import (
+    DATA_DEPENDENT_SCHEMES,
+    SCHEMES,
+    Modality,
+    MSTSConfig,
+    MSTSEncoder,
+    binary_planes,
+    integrate,
+    quantize,
+)
 
 __all__ = ["DemoRow", "ConversionSummary", "run_demo", "run_conversion", "format_table", "add_parser", "run"]
 
