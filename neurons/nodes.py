@@ -35,14 +35,13 @@ import torch.nn.modules.module as nn_module
 from spikingjelly.activation_based import base, surrogate
 from spikingjelly.activation_based.neuron import BaseNode
 
-from .coding import MEAN_THRESHOLD_DIVISOR, Scheme, SpikeCode, bitwise_steps
+from .coding import Scheme, SpikeCode, bitwise_steps
 from .levels import (
     IntLevels,
     check_finite,
     check_scale,
     divide_by_scale,
     level_dtype,
-    mean_threshold_scale,
     round_half_up,
 )
 from .stats import SpikeStats, spike_statistics
@@ -145,9 +144,9 @@ class SpikeCodingNode(BaseNode):
     def _scale_for(self, x: torch.Tensor, scale: Optional[torch.Tensor]) -> torch.Tensor:
         """The scale of input ``x``: ``scale`` if given, else the node's (or, for a code scaled by
         the mean magnitude, each token's mean threshold)."""
-        check_finite(x)
         if scale is None and self.code.scale_rule == "mean":
-            return mean_threshold_scale(x, MEAN_THRESHOLD_DIVISOR)
+            return self.code.token_scale(x)  # checks x
+        check_finite(x)
         return check_scale(self.scale if scale is None else scale, x)
 
     def train_steps(self, levels: torch.Tensor) -> int:

@@ -298,6 +298,14 @@ def test_configuration_refusals():
         convert(model, SpikeConfig(msts=MEAN))
     with pytest.raises(ValueError, match="fixed steps"):
         model_mapping(model)
+    from spikemllm_sj.ann2snn.linear import SpikeLinear
+
+    site = next(m for m in model.modules() if isinstance(m, SpikeLinear))
+    site.set_clip({0: 1.0})  # no clip: what the code already does
+    with pytest.raises(ValueError, match="clip ratios: the mean_threshold_bitwise code"):
+        site.set_clip({0: 0.9})
+    with pytest.raises(ValueError, match="static input scales"):
+        site.set_static_absmax({0: 1.0})
 
 
 @pytest.mark.parametrize("msts, steps", [(MEAN, []), (CLIPPED, ["--steps-text", "7", "--steps-image", "3"])],

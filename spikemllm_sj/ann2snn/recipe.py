@@ -282,7 +282,7 @@ class SpikeMLLMRecipe(ModuleConversionRecipe):
             if input_map is not None:
                 samples = {m: input_map(x.double()).float() for m, x in samples.items()}
             spike.search_clip(samples, CLIP_RATIOS)
-        elif cfg.act_clip != 1.0:  # 1 is every site's ratio already (and the only one a data-dependent code takes)
+        else:
             spike.set_clip({m: cfg.act_clip for m in spike.encoder.config.codes})
         return spike
 

@@ -206,8 +206,10 @@ class MSTSSite(SpikeSite):
         self.static_absmax = values
 
     def set_clip(self, ratios: dict[Modality, float]) -> None:
-        """Clip ratios per modality, each in (0, 1] (the others stay at 1)."""
-        self._refuse_for_data_dependent("clip ratios")
+        """Clip ratios per modality, each in (0, 1] (the others stay at 1; a code that never clips
+        takes 1 only)."""
+        if any(ratio != 1 for ratio in ratios.values()):
+            self._refuse_for_data_dependent("clip ratios")
         values = self.clip.clone()
         for modality, ratio in ratios.items():
             if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio <= 1:

@@ -14,6 +14,7 @@ from spikemllm_sj.config import SpikeConfig
 from spikemllm_sj.data.records import read_records
 from spikemllm_sj.models.inputs import encode, read_image
 from spikemllm_sj.models.loading import EASYVQA_LLAVA, ModelLoadError
+from spikemllm_sj.neurons import FIXED_STEP_SCHEMES
 
 __all__ = [
     "SAMPLE_DATA",
@@ -123,6 +124,15 @@ def record_batches(model, processor, data, batch_size: int) -> tuple[list[dict],
     about = {"path": shown(data), "records": len(records), "batches": len(batches),
              "lines_left_out": [p.__dict__ for p in problems]}
     return batches, about
+
+
+def lava_refusal(config: SpikeConfig) -> str:
+    """Why ``config``'s activation codes cannot run on the Lava backend, "" when they can (its
+    time line is planned with each code's own steps), known before Lava or a model loads."""
+    if not config.msts.data_dependent:
+        return ""
+    return (f"the Lava backend maps codes with fixed steps ({', '.join(FIXED_STEP_SCHEMES)}); "
+            f"{config.msts.scheme}'s follow the values")
 
 
 def require_calibration_data(config: SpikeConfig, data) -> None:

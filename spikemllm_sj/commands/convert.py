@@ -50,6 +50,7 @@ from spikemllm_sj.commands.common import (
     check_prompt,
     encode_rows,
     inputs_for,
+    lava_refusal,
     record_batches,
     require_calibration_data,
     shown,
@@ -95,18 +96,12 @@ DEFAULT_MED_BUDGET = 3.3  # average steps per language-model token for the MED s
 MED_BATCHES = 2  # calibration batches MED measures on (each setting it probes runs all of them)
 
 
-def _no_lava(config: SpikeConfig) -> str:
-    """Why ``config``'s codes do not run on Lava ("" when they do)."""
-    return (f"the Lava backend maps codes with fixed steps; {config.msts.scheme}'s follow the values"
-            if config.msts.data_dependent else "")
-
-
 def _lava_layer(net, layer: Optional[str], config: SpikeConfig, is_builtin: bool) -> Optional[str]:
     """The module path to run on Lava (``"auto"`` resolved), checked on the float model against
     what ``convert`` will make spike-driven, before any work on it; None: no Lava run."""
-    if _no_lava(config):
+    if lava_refusal(config):
         if layer not in ("auto", None):
-            raise ValueError(f"lava_layer {layer!r}: {_no_lava(config)} (give none)")
+            raise ValueError(f"lava_layer {layer!r}: {lava_refusal(config)} (give none)")
         return None
     if layer == "auto":
         layer = f"{adapter_for(net).language_model}.layers.0.mlp" if is_builtin else None
@@ -120,7 +115,7 @@ def _lava_layer(net, layer: Optional[str], config: SpikeConfig, is_builtin: bool
 
 def _lava(model, layer: Optional[str], asked: Optional[str], batch: dict, config: SpikeConfig) -> dict:
     if layer is None:
-        reason = _no_lava(config) or ("no Lava layer asked for" if asked is None else
+        reason = lava_refusal(config) or ("no Lava layer asked for" if asked is None else
                                       "checkpoints other than the built-in models run no Lava layer unless one is named "
                                       "(--lava-layer PATH)")
         return {"skipped": reason}
@@ -204,8 +199,8 @@ def _check_arguments(
         if inputs.calibration is None:
             raise ValueError("the MED schedule needs calibration records: give a JSONL of them, or no MED budget")
     require_calibration_data(config, inputs.calibration)
-    if lava_whole and _no_lava(config):
-        raise ValueError(f"lava_whole: {_no_lava(config)}")
+    if lava_whole and lava_refusal(config):
+        raise ValueError(f"lava_whole: {lava_refusal(config)}")
     files = {f"image {image}": image for image, _ in inputs.rows}
     files.update({"calibration data": inputs.calibration, "evaluation data": inputs.evaluation})
     for name, path in files.items():

@@ -26,11 +26,11 @@ from spikemllm_sj.commands.common import (
     convert_compare_report,
     encode_rows,
     inputs_for,
+    lava_refusal,
     require_calibration_use,
 )
 from spikemllm_sj.models.loading import ModelLoadError, load_model
 from spikemllm_sj.models.tiny import TINY_MODELS, tiny_batch
-from spikemllm_sj.neurons import FIXED_STEP_SCHEMES
 
 __all__ = ["add_parser", "run"]
 
@@ -185,9 +185,8 @@ def run(args: argparse.Namespace) -> int:
         args.decode_steps = 4 if args.decode_steps is None else args.decode_steps
         args.grouping = args.grouping or "layer"
         config = options.spike_config(args)
-        if config.msts.data_dependent:
-            raise ValueError(f"--scheme {config.msts.scheme}: the Lava backend maps codes with fixed steps "
-                             f"({', '.join(FIXED_STEP_SCHEMES)}); this code's steps follow the values")
+        if lava_refusal(config):
+            raise ValueError(f"--scheme {config.msts.scheme}: {lava_refusal(config)}")
         params = accelerator.load_params(params_file)
         model, processor = load_model(args.model, seed=args.seed, dtype=getattr(torch, args.dtype))
         layer = args.layer or f"{adapter_for(model).language_model}.layers.0.mlp"
